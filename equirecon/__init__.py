@@ -1,0 +1,1 @@
+"""equirecon: SSL pretraining with transformed-image reconstruction."""

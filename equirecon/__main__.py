@@ -1,0 +1,5 @@
+import sys
+
+from equirecon.cli import main
+
+sys.exit(main())

@@ -1,0 +1,286 @@
+"""One config system: typed defaults (dataclasses) + a YAML delta + `key=value` overrides.
+
+Unknown keys are errors that name the key and the valid choices; the resolved config is written
+next to every run (`RUN_DIR/config.yaml`) and logged to MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Per-method defaults of the split head (DESIGN §1.5).
+SPLIT_DEFAULTS = {"dinov2": (2048, 512), "ibot": (8192, 2048), "vicreg": (512, 256), "simclr": (512, 256)}
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"
+    name: str = ""  # MLflow run name; defaults to the run directory's name
+
+
+@dataclass
+class DataConfig:
+    path: str = "data/demo"
+    backend: str = "torch"  # torch | dali
+    num_workers: int = 2
+    global_size: int = 224
+    local_size: int = 96
+    n_local: int = 8
+    global_scale: tuple[float, float] = (0.32, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.32)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "vit_small_patch16"
+    patch_size: int | None = None  # None: the arch's own
+    embed_dim: int | None = None  # None: the arch's own (small values for CPU tests/demo)
+    depth: int | None = None
+    num_heads: int | None = None
+    drop_path: float = 0.0
+    num_registers: int = 0
+    attention: str = "sdpa"  # sdpa | math
+
+
+@dataclass
+class MethodConfig:
+    name: str = "dinov2"
+    head_out_dim: int = 65536
+    head_hidden_dim: int = 2048
+    head_bottleneck_dim: int = 256
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_steps: int = 0  # 0: no warm-up
+    dino_weight: float = 1.0
+    ibot_weight: float = 1.0
+    koleo_weight: float = 0.1
+    mask_prob: float = 0.5
+    mask_ratio: tuple[float, float] = (0.1, 0.5)
+
+
+@dataclass
+class ReconConfig:
+    enabled: bool = True
+    # `lambda` is a Python keyword: the attribute is `lam`, the config key stays `recon.lambda`.
+    lam: float = 1.0
+    k: int = 2
+    transform: str = "se2"
+    d_equi: int | None = None  # None: the method's default (DESIGN §1.5)
+    decoder_channels: int = 256
+    log_images_every: int = 0  # 0: only at the end of training
+
+
+@dataclass
+class SplitConfig:
+    d_patch: int | None = None  # None: the method's default
+    mode: str = "separate"  # separate: a linear split head on the backbone tokens
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    batch_size: int = 64  # per rank
+    strategy: str = "single"  # single | ddp (fsdp2 | deepspeed: see the engine issue)
+    zero_stage: int = 2
+    precision: str = "fp32"  # fp32 | bf16
+    seed: int = 0
+    base_lr: float = 4e-3  # lr = base_lr * global_batch / 256 (DESIGN §1.9)
+    min_lr: float = 1e-6
+    warmup_steps: int = 0
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.2
+    momentum_teacher: float = 0.992
+    momentum_teacher_end: float = 1.0
+    clip_grad: float = 3.0
+    log_every: int = 1
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 500
+    keep: int = 3
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = ""  # "" -> $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db at the repository root
+    experiment: str = "equirecon"
+    enabled: bool = True
+
+
+@dataclass
+class EvalConfig:
+    data: str = ""  # "" -> data.path
+    tasks: str = "equivariance,knn"
+    equivariance_transforms: str = "rotation"
+    img_size: int | None = None  # None: data.global_size
+    max_train_images: int = 2000
+    max_test_images: int = 800
+    r2_epochs: int = 30
+    knn_k: int = 20
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    recon: ReconConfig = field(default_factory=ReconConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def d_patch(self) -> int:
+        return self.split.d_patch or SPLIT_DEFAULTS[self.method.name][0]
+
+    @property
+    def d_equi(self) -> int:
+        return self.recon.d_equi or SPLIT_DEFAULTS[self.method.name][1]
+
+
+_ALIASES = {"lambda": "lam"}  # config key -> attribute
+_REVERSE_ALIASES = {v: k for k, v in _ALIASES.items()}
+
+
+class ConfigError(ValueError):
+    """A config key or value that does not fit the schema."""
+
+
+def _convert(value: Any, current: Any, key: str) -> Any:
+    """Coerce a YAML/CLI value to the type of the default `current`."""
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if isinstance(current, tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(current):
+            raise ConfigError(f"{key}: expected a list of {len(current)} numbers, got {value!r}")
+        return tuple(float(v) for v in value)
+    if isinstance(current, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(current, int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(current, str):
+        return "" if value is None else str(value)
+    if current is None:  # Optional fields: int | None
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        raise ConfigError(f"{key}: expected an integer or null, got {value!r}")
+    raise ConfigError(f"{key}: expected {type(current).__name__}, got {value!r}")
+
+
+def _set(cfg: Config, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"config key {dotted!r} must be 'section.key'")
+    section_name, key = parts
+    section_fields = {f.name for f in dataclasses.fields(cfg)}
+    if section_name not in section_fields:
+        raise ConfigError(f"unknown config section {section_name!r} in {dotted!r}; sections: {sorted(section_fields)}")
+    section = getattr(cfg, section_name)
+    attr = _ALIASES.get(key, key)
+    names = {f.name for f in dataclasses.fields(section)}
+    if attr not in names:
+        valid = sorted(_REVERSE_ALIASES.get(n, n) for n in names)
+        raise ConfigError(f"unknown config key {dotted!r}; valid keys in {section_name!r}: {valid}")
+    setattr(section, attr, _convert(value, getattr(section, attr), dotted))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(_flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`["a.b=1", "c.d=[0.1,0.5]"]` -> {"a.b": 1, "c.d": [0.1, 0.5]} (values parsed as YAML)."""
+    parsed: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        parsed[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
+    return parsed
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at `path` (if any), then `key=value` overrides."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        tree = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        for key, value in _flatten(tree).items():
+            try:
+                _set(cfg, key, value)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {e}") from None
+    for key, value in parse_overrides(overrides or []).items():
+        _set(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks with actionable messages."""
+    if cfg.method.name not in SPLIT_DEFAULTS:
+        raise ConfigError(f"method.name={cfg.method.name!r}; choose one of {sorted(SPLIT_DEFAULTS)}")
+    if cfg.data.backend not in ("torch", "dali"):
+        raise ConfigError(f"data.backend={cfg.data.backend!r}; choose torch or dali")
+    if cfg.train.strategy not in ("single", "ddp", "fsdp2", "deepspeed"):
+        raise ConfigError(f"train.strategy={cfg.train.strategy!r}; choose single, ddp, fsdp2 or deepspeed")
+    if cfg.train.precision not in ("fp32", "bf16"):
+        raise ConfigError(f"train.precision={cfg.train.precision!r}; choose fp32 or bf16")
+    if cfg.recon.k < 1:
+        raise ConfigError(f"recon.k must be >= 1, got {cfg.recon.k}")
+    if cfg.recon.enabled and not 0 < cfg.d_equi < cfg.d_patch:
+        raise ConfigError(f"need 0 < recon.d_equi ({cfg.d_equi}) < split.d_patch ({cfg.d_patch})")
+    if cfg.recon.lam > 5:
+        import warnings
+
+        warnings.warn(f"recon.lambda={cfg.recon.lam} > 5 is reported unstable (paper)", stacklevel=2)
+    if cfg.train.max_steps < 1 or cfg.train.batch_size < 1:
+        raise ConfigError("train.max_steps and train.batch_size must be >= 1")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Nested plain dict with config-key names (`recon.lambda`, lists for tuples)."""
+    out: dict[str, Any] = {}
+    for section in dataclasses.fields(cfg):
+        values = {}
+        for f in dataclasses.fields(getattr(cfg, section.name)):
+            v = getattr(getattr(cfg, section.name), f.name)
+            values[_REVERSE_ALIASES.get(f.name, f.name)] = list(v) if isinstance(v, tuple) else v
+        out[section.name] = values
+    return out
+
+
+def flat_dict(cfg: Config) -> dict[str, Any]:
+    return _flatten(to_dict(cfg))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    os.replace(tmp, path)

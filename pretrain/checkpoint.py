@@ -1,0 +1,112 @@
+"""Checkpoints: one DCP directory per step, published atomically, with a retention policy.
+
+Layout: `RUN_DIR/checkpoints/step_00000100/` (DCP files + `config.yaml` + `meta.json`) and
+`RUN_DIR/checkpoints/latest` (a text file naming the newest complete checkpoint). A directory is
+written under a temporary name and renamed only when every rank has finished, so a crash during a
+save never leaves a half-written checkpoint under a `step_*` name, and `latest` is replaced with
+an atomic rename only after that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import DefaultLoadPlanner
+
+STEP_RE = re.compile(r"^step_(\d{8})$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def _dist_ready() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank() -> int:
+    return dist.get_rank() if _dist_ready() else 0
+
+
+def _barrier() -> None:
+    if _dist_ready():
+        dist.barrier()
+
+
+def list_checkpoints(ckpt_root: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under `ckpt_root`, sorted by step."""
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = STEP_RE.match(p.name)
+        if m and p.is_dir() and (p / ".metadata").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(ckpt_root: str | Path) -> Path | None:
+    """The checkpoint named by `latest`, else the newest complete one, else None."""
+    root = Path(ckpt_root)
+    pointer = root / "latest"
+    if pointer.is_file():
+        candidate = root / pointer.read_text().strip()
+        if (candidate / ".metadata").is_file():
+            return candidate
+    found = list_checkpoints(root)
+    return found[-1][1] if found else None
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Checkpointer:
+    """Save/load DCP state dicts under `RUN_DIR/checkpoints` (all ranks call every method)."""
+
+    def __init__(self, run_dir: str | Path, keep: int = 3) -> None:
+        self.root = Path(run_dir) / "checkpoints"
+        self.keep = keep
+
+    def save(self, step: int, state: dict[str, Any], config_yaml: str, meta: dict[str, Any]) -> Path:
+        final = self.root / step_dir_name(step)
+        tmp = self.root / f".tmp_{step_dir_name(step)}"
+        if _rank() == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        _barrier()
+        dcp.save(state, checkpoint_id=str(tmp))
+        _barrier()
+        if _rank() == 0:
+            (tmp / "config.yaml").write_text(config_yaml)
+            (tmp / "meta.json").write_text(json.dumps({**meta, "step": step, "time": time.time()}, indent=1))
+            if final.exists():  # re-saving the same step (e.g. after a resume): replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _write_text_atomic(self.root / "latest", final.name + "\n")
+            self._apply_retention()
+        _barrier()
+        return final
+
+    def _apply_retention(self) -> None:
+        ckpts = list_checkpoints(self.root)
+        for _, path in ckpts[: max(len(ckpts) - self.keep, 0)]:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def load(self, path: str | Path, state: dict[str, Any], partial: bool = False) -> None:
+        """Load in place into `state` (tensors are overwritten, other values replaced)."""
+        planner = DefaultLoadPlanner(allow_partial_load=partial)
+        dcp.load(state, checkpoint_id=str(path), planner=planner)

@@ -1,0 +1,88 @@
+"""iBOT masked-patch cross-entropy between student and teacher patch outputs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ImageAverage = Literal["masked_images", "all_images"]
+
+
+class IBOTPatchLoss(nn.Module):
+    """Cross-entropy on masked patches, each image weighted equally.
+
+    For image b with n_b ≥ 1 masked patches, its term is the mean over its masked patches of
+    −Σ_k t_k · log softmax(s / student_temp)_k (every patch weighs 1 / n_b). The loss is the sum
+    of these terms divided by:
+
+    - ``"masked_images"`` (default): the number of images with at least one masked patch, i.e.
+      the plain mean over masked images;
+    - ``"all_images"``: the number of images ``masks.shape[0]``, including those without masks.
+      This is DINOv2's ``iBOTPatchLoss.forward_masked`` exactly; with DINOv2's mask probability
+      0.5 it is about half the ``"masked_images"`` value.
+
+    Computed in fp32.
+
+    Args:
+        average_over: the denominator, see above.
+    """
+
+    def __init__(self, average_over: ImageAverage = "masked_images") -> None:
+        super().__init__()
+        if average_over not in ("masked_images", "all_images"):
+            raise ValueError(
+                f"IBOTPatchLoss average_over must be 'masked_images' or 'all_images', "
+                f"got {average_over!r}"
+            )
+        self.average_over = average_over
+
+    def forward(
+        self,
+        student_patch_logits: Tensor,
+        teacher_patch_probs: Tensor,
+        masks: Tensor,
+        student_temp: float = 0.1,
+    ) -> Tensor:
+        """Weighted masked-patch cross-entropy.
+
+        Args:
+            student_patch_logits: (M, K) raw student head outputs of the masked patches, in
+                ``masks[masks]`` order (image-major, then patch index).
+            teacher_patch_probs: (M, K) teacher probabilities of the same patches; constants.
+            masks: (n_images, N) bool, True where a patch is masked; M == masks.sum().
+            student_temp: student softmax temperature.
+
+        Returns:
+            Scalar fp32 loss; a graph-connected zero when M == 0.
+        """
+        if masks.ndim != 2 or masks.dtype != torch.bool:
+            raise ValueError(
+                f"IBOTPatchLoss expects masks as a (n_images, N) bool tensor, "
+                f"got {masks.dtype} of shape {tuple(masks.shape)}"
+            )
+        n_masked_per_image = masks.sum(dim=-1)
+        n_masked = int(n_masked_per_image.sum().item())
+        if student_patch_logits.shape != teacher_patch_probs.shape or (
+            student_patch_logits.ndim != 2 or student_patch_logits.shape[0] != n_masked
+        ):
+            raise ValueError(
+                f"IBOTPatchLoss expects student and teacher of shape (M, K) with M = masks.sum() "
+                f"= {n_masked}; got student {tuple(student_patch_logits.shape)} and teacher "
+                f"{tuple(teacher_patch_probs.shape)}"
+            )
+        if n_masked == 0:
+            return student_patch_logits.float().sum() * 0.0
+
+        t = teacher_patch_probs.detach().float()
+        log_probs = F.log_softmax(student_patch_logits.float() / student_temp, dim=-1)
+        per_patch = -(t * log_probs).sum(dim=-1)  # (M,)
+        per_image_weight = 1.0 / n_masked_per_image.clamp(min=1).float()  # (n_images,)
+        weights = per_image_weight.unsqueeze(-1).expand_as(masks)[masks]  # (M,)
+        if self.average_over == "masked_images":
+            n_images = (n_masked_per_image > 0).sum().float()
+        else:
+            n_images = torch.tensor(float(masks.shape[0]), device=masks.device)
+        return (per_patch * weights).sum() / n_images.to(per_patch.device)

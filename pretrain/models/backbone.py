@@ -1,0 +1,133 @@
+"""ViT backbones over timm, with a mask token for iBOT-style masked inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A backbone of the registry: the timm model it builds and its default kwargs."""
+
+    timm_name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+# Names users put in `model.arch`. Patch size and resolution can be overridden from the config.
+ARCHS: dict[str, ArchSpec] = {
+    "vit_tiny": ArchSpec("vit_tiny_patch16_224"),
+    "vit_small_patch16": ArchSpec("vit_small_patch16_224"),
+    "vit_base_patch16": ArchSpec("vit_base_patch16_224"),
+    "vit_large_patch16": ArchSpec("vit_large_patch16_224"),
+    "vit_large_patch14": ArchSpec("vit_large_patch14_224"),
+    # DINOv2's g/14: width 1536, depth 40, 24 heads, SwiGLU-free MLP ratio 4 (≈1.1B params).
+    "vit_giant_patch14": ArchSpec("vit_giant_patch14_224"),
+}
+
+ATTENTION_BACKENDS = ("sdpa", "math")
+
+
+def list_archs() -> list[str]:
+    return sorted(ARCHS)
+
+
+class Backbone(nn.Module):
+    """A timm VisionTransformer that accepts per-patch masks and any crop size.
+
+    `forward(images (B, 3, H, W), masks (B, N) bool | None) -> tokens (B, P + N, D)` after the
+    final norm, where P = `num_prefix_tokens` (CLS + registers) and N = (H/p)·(W/p). Masked
+    patches have their embedding replaced by a learned mask token before the position embedding.
+    """
+
+    def __init__(self, vit: nn.Module) -> None:
+        super().__init__()
+        self.vit = vit
+        self.embed_dim: int = vit.embed_dim
+        self.num_prefix_tokens: int = vit.num_prefix_tokens
+        self.patch_size: int = vit.patch_embed.patch_size[0]
+        self.num_heads: int = vit.blocks[0].attn.num_heads
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, self.embed_dim))
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    @property
+    def blocks(self) -> nn.Sequential:
+        return self.vit.blocks
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        vit = self.vit
+        x = vit.patch_embed(images)  # (B, h, w, D): dynamic_img_size keeps the grid
+        if masks is not None:
+            b, h, w, _ = x.shape
+            x = torch.where(masks.view(b, h, w, 1), self.mask_token.to(x.dtype), x)
+        x = vit._pos_embed(x)
+        x = vit.patch_drop(x)
+        x = vit.norm_pre(x)
+        x = vit.blocks(x)
+        return vit.norm(x)
+
+
+def set_attention_backend(backbone: Backbone, backend: str) -> None:
+    """`sdpa`: torch scaled_dot_product_attention (flash/efficient/cudnn kernels on GPU);
+    `math`: the explicit softmax(QKᵀ)V of timm (reference)."""
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"model.attention={backend!r}; choose one of {ATTENTION_BACKENDS}")
+    for blk in backbone.blocks:
+        blk.attn.fused_attn = backend == "sdpa"
+
+
+def build_backbone(
+    arch: str,
+    img_size: int = 224,
+    patch_size: int | None = None,
+    drop_path: float = 0.0,
+    num_registers: int = 0,
+    attention: str = "sdpa",
+    embed_dim: int | None = None,
+    depth: int | None = None,
+    num_heads: int | None = None,
+    **overrides: Any,
+) -> Backbone:
+    """Create the backbone `arch` (random init; nothing is downloaded)."""
+    if arch not in ARCHS:
+        raise KeyError(f"unknown model.arch {arch!r}; choose one of {list_archs()}")
+    spec = ARCHS[arch]
+    kwargs: dict[str, Any] = dict(spec.kwargs)
+    kwargs.update(
+        img_size=img_size,
+        drop_path_rate=drop_path,
+        num_classes=0,
+        dynamic_img_size=True,
+        pretrained=False,
+    )
+    if patch_size is not None:
+        kwargs["patch_size"] = patch_size
+    for key, value in (("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads)):
+        if value is not None:
+            kwargs[key] = value
+    if num_registers:
+        kwargs.update(reg_tokens=num_registers)
+    kwargs.update(overrides)
+    vit = timm.create_model(spec.timm_name, **kwargs)
+    backbone = Backbone(vit)
+    set_attention_backend(backbone, attention)
+    return backbone
+
+
+def backbone_kwargs(model_cfg: Any, img_size: int) -> dict[str, Any]:
+    """`build_backbone` arguments from a `model.*` config section."""
+    return dict(
+        arch=model_cfg.arch,
+        img_size=img_size,
+        patch_size=model_cfg.patch_size,
+        drop_path=model_cfg.drop_path,
+        num_registers=model_cfg.num_registers,
+        attention=model_cfg.attention,
+        embed_dim=model_cfg.embed_dim,
+        depth=model_cfg.depth,
+        num_heads=model_cfg.num_heads,
+    )

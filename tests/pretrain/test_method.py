@@ -1,0 +1,165 @@
+"""The method's modules: split head and decoder shapes, what gradients reach, recon on/off."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from data_pipeline.batch import Batch
+from equirecon.config import load_config
+from pretrain.methods import build_method
+from pretrain.models.backbone import build_backbone
+from pretrain.models.decoder import ReconDecoder
+from pretrain.models.heads import SplitHead
+from pretrain.train import build_optimizer, transform_generator
+
+TINY = [
+    "data.global_size=16",
+    "data.local_size=8",
+    "data.n_local=2",
+    "model.arch=vit_tiny",
+    "model.patch_size=4",
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "method.head_out_dim=64",
+    "method.head_hidden_dim=32",
+    "method.head_bottleneck_dim=16",
+    "split.d_patch=48",
+    "recon.d_equi=16",
+    "recon.decoder_channels=16",
+    "train.batch_size=4",
+]
+
+
+def tiny_cfg(*extra: str):  # noqa: ANN201
+    return load_config(None, TINY + list(extra))
+
+
+def random_batch(b: int = 4, g: int = 16, loc: int = 8, n_local: int = 2, patch: int = 4) -> Batch:
+    gen = torch.Generator().manual_seed(0)
+    n = (g // patch) ** 2
+    masks = torch.zeros(2, b, n, dtype=torch.bool)
+    masks[0, 0, :5] = True
+    masks[1, 1, 3:9] = True
+    return Batch(
+        global_crops=torch.randn(2, b, 3, g, g, generator=gen),
+        local_crops=torch.randn(n_local, b, 3, loc, loc, generator=gen),
+        masks=masks,
+    )
+
+
+def test_split_head_shapes() -> None:
+    head = SplitHead(32, d_patch=48, d_equi=16)
+    z_inv, z_equi = head(torch.randn(3, 17, 32))
+    assert z_inv.shape == (3, 17, 32) and z_equi.shape == (3, 17, 16)
+    with pytest.raises(ValueError, match="d_equi"):
+        SplitHead(32, d_patch=16, d_equi=16)
+
+
+@pytest.mark.parametrize(("size", "patch"), [(32, 4), (224, 16), (224, 14)])
+def test_decoder_output_matches_crop(size: int, patch: int) -> None:
+    grid = size // patch
+    dec = ReconDecoder(2 * 16, (size, size), (grid, grid), channels=16)
+    out = dec(torch.randn(2, grid * grid, 32))
+    assert out.shape == (2, 3, size, size)
+    assert len(dec.convs) == 4
+
+
+def test_backbone_masking_changes_only_masked_inputs() -> None:
+    torch.manual_seed(0)
+    bb = build_backbone("vit_tiny", img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2).eval()
+    x = torch.randn(1, 3, 16, 16)
+    none = torch.zeros(1, 16, dtype=torch.bool)
+    masked = none.clone()
+    masked[0, 5] = True
+    with torch.no_grad():
+        a, b = bb(x), bb(x, none)
+        c = bb(x, masked)
+    assert torch.equal(a, b)  # an all-false mask is a no-op
+    assert not torch.allclose(a, c)
+    # With the mask, the masked patch's input embedding no longer depends on its pixels.
+    x2 = x.clone()
+    x2[..., 4:8, 4:8] += 5.0  # patch index 5 on a 4×4 grid
+    with torch.no_grad():
+        assert torch.allclose(bb(x2, masked), c, atol=1e-5)
+
+
+def test_recon_disabled_is_plain_dinov2() -> None:
+    method = build_method(tiny_cfg("recon.enabled=false"))
+    assert method.student.encoder.split_head is None
+    assert method.student.decoders is None and method.transform is None
+    out = method.compute_losses(method.student, random_batch(), 0.04, transform_generator(0, 0, 0))
+    assert out.loss_recon is None and torch.equal(out.loss_total, out.loss_ssl)
+    # The heads read backbone tokens directly.
+    assert method.student.head.mlp[0].in_features == method.backbone.embed_dim
+
+
+def test_recon_enabled_structure_and_losses() -> None:
+    cfg = tiny_cfg()
+    method = build_method(cfg)
+    assert method.student.head.mlp[0].in_features == 48 - 16  # heads read z_inv
+    assert len(method.student.decoders) == cfg.recon.k == 2
+    out = method.compute_losses(method.student, random_batch(), 0.04, transform_generator(0, 0, 0))
+    assert out.loss_recon is not None and torch.isfinite(out.loss_total)
+    assert torch.allclose(out.loss_total, out.loss_ssl + cfg.recon.lam * out.loss_recon)
+    assert [t.shape for t in out.recon_targets] == [(4, 3, 16, 16)] * 2
+    assert [p.shape for p in out.recon_preds] == [(4, 3, 16, 16)] * 2
+    assert set(out.terms) == {"dino", "ibot", "koleo"}
+
+
+def test_gradients_reach_student_parts_never_teacher() -> None:
+    method = build_method(tiny_cfg())
+    out = method.compute_losses(method.student, random_batch(), 0.04, transform_generator(0, 0, 0))
+    out.loss_total.backward()
+    s = method.student
+    for name, module in [
+        ("backbone", s.encoder.backbone.vit.blocks),
+        ("split_head", s.encoder.split_head),
+        ("head", s.head),
+        ("decoders", s.decoders),
+    ]:
+        grads = [p.grad for p in module.parameters()]
+        assert all(g is not None for g in grads), name
+        assert any(g.abs().sum() > 0 for g in grads), name
+    assert all(p.grad is None and not p.requires_grad for p in method.teacher.parameters())
+    assert method.teacher.decoders is None
+
+
+def test_recon_loss_gradient_reaches_split_head_equi_slice_only_through_decoders() -> None:
+    """With λ > 0 and SSL weights 0, only z_equi (the last d_equi rows of the split head) learns."""
+    cfg = tiny_cfg("method.dino_weight=0", "method.ibot_weight=0", "method.koleo_weight=0")
+    method = build_method(cfg)
+    out = method.compute_losses(method.student, random_batch(), 0.04, transform_generator(0, 0, 0))
+    out.loss_total.backward()
+    w = method.student.encoder.split_head.proj.weight.grad
+    assert w[: 48 - 16].abs().sum() == 0 and w[48 - 16 :].abs().sum() > 0
+
+
+def test_ema_update_moves_teacher_toward_student() -> None:
+    method = build_method(tiny_cfg())
+    t_param = method.teacher.head.prototypes
+    s_param = method.student.head.prototypes
+    with torch.no_grad():
+        s_param.add_(1.0)
+    before = t_param.clone()
+    method.update_teacher(0.9)
+    assert torch.allclose(t_param, 0.9 * before + 0.1 * s_param)
+
+
+def test_training_steps_reduce_loss_on_fixed_batch() -> None:
+    """A few optimizer steps on one batch lower the total loss (the pipeline trains)."""
+    torch.manual_seed(0)
+    method = build_method(tiny_cfg("train.batch_size=8"))
+    opt = build_optimizer(method.student)
+    for group in opt.param_groups:
+        group["lr"] = 1e-3
+    batch = random_batch(b=8)
+    losses = []
+    for step in range(8):
+        out = method.compute_losses(method.student, batch, 0.04, transform_generator(0, 0, 0))
+        opt.zero_grad()
+        out.loss_total.backward()
+        opt.step()
+        losses.append(out.loss_recon.item())
+    assert losses[-1] < losses[0], losses
