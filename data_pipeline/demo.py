@@ -320,18 +320,27 @@ def _read_complete_manifest(out: Path, params: dict[str, Any]) -> dict[str, Any]
     return manifest
 
 
+def _check_replaceable(out: Path) -> None:
+    """Raises FileExistsError if ``out`` exists and is not (part of) a demo build."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder; choose another output path")
+    ours = {"manifest.json", "natural", "labelled"}
+    foreign = sorted({p.name for p in out.iterdir()} - ours)
+    if foreign:
+        raise FileExistsError(
+            f"{out} exists and is not a demo dataset (it holds {foreign}); "
+            "choose another output folder or remove it"
+        )
+
+
 def _replace_dir(tmp: Path, out: Path) -> None:
     """Moves the finished ``tmp`` build to ``out``, replacing an older demo build there."""
     if not out.exists():
         tmp.rename(out)
         return
-    ours = {"manifest.json", "natural", "labelled"}
-    entries = {p.name for p in out.iterdir()}
-    if not out.is_dir() or not entries <= ours:
-        raise FileExistsError(
-            f"{out} exists and is not a demo dataset (it holds {sorted(entries - ours)}); "
-            "choose another --out or remove it"
-        )
+    _check_replaceable(out)
     old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
     out.rename(old / out.name)
     tmp.rename(out)
@@ -381,6 +390,7 @@ def build_demo(
         print(f"demo: {out} is already built with the same parameters; nothing to do")
         return existing
 
+    _check_replaceable(out)
     start = time.perf_counter()
     rng_val, rng_train, rng_valcrops, rng_labelled = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)

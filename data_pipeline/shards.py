@@ -198,7 +198,8 @@ def count_samples(path: str) -> int:
     """Counts the samples of a shard from its tar headers only (no data is read); cached.
 
     Raises:
-        BadShardError: the file is not a tar, or a member's data runs past the end of the file.
+        BadShardError: the file is not a tar, a member's data runs past the end of the file, or
+            the end-of-archive block is missing (the file was cut short).
     """
     stat = os.stat(path)
     cache_key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
@@ -207,7 +208,7 @@ def count_samples(path: str) -> int:
     count = 0
     last_key: str | None = None
     try:
-        with tarfile.open(path, mode="r:") as tar:
+        with open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
             while True:
                 member = tar.next()
                 if member is None:
@@ -224,6 +225,13 @@ def count_samples(path: str) -> int:
                 if key != last_key:
                     count += 1
                     last_key = key
+            # A complete tar ends with zero blocks; a file cut at a header boundary does not.
+            handle.seek(tar.offset)
+            tail = handle.read(tarfile.BLOCKSIZE)
+            if len(tail) < tarfile.BLOCKSIZE or any(tail):
+                raise BadShardError(
+                    f"shard {path} is truncated: no end-of-archive block at byte {tar.offset}"
+                )
     except (tarfile.TarError, EOFError) as err:
         raise BadShardError(f"shard {path} is not a readable tar file: {err}") from err
     _COUNT_CACHE[cache_key] = count

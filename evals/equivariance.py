@@ -66,15 +66,15 @@ def equivariance_r2(
         plain = extract_features(
             feature_fn, images, batch_size, device, f"{split}: f(I)" if progress else None
         )
-        moved = _transformed_features(
+        transformed = _transformed_features(
             feature_fn, images, params, transform, batch_size, device, split, progress
         )
         views = params.shape[0] // images.shape[0]
-        return torch.cat([plain.repeat(views, 1), moved], dim=1)  # (N*V, 2D)
+        return torch.cat([plain.repeat(views, 1), transformed], dim=1)  # (N*V, 2D)
 
     x_train = features(train_images, train_params, "train")
     x_test = features(test_images, test_params, "test")
-    mean, std = x_train.mean(dim=0), x_train.std(dim=0).clamp_min(1e-6)
+    mean, std = x_train.mean(dim=0), x_train.std(dim=0, correction=0).clamp_min(1e-6)
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
     y_train = transform.normalize_params(train_params)
     y_test = transform.normalize_params(test_params)
@@ -84,9 +84,7 @@ def equivariance_r2(
         head = _regressor(x_train.shape[1], hidden, transform.num_params)
     head = _fit(head, x_train, y_train, generator, epochs, lr, batch_size, device, progress)
     with torch.no_grad():
-        pred = torch.cat(
-            [head(x.to(device)).cpu() for x in x_test.split(batch_size)]
-        )  # (M, P)
+        pred = torch.cat([head(x.to(device)).cpu() for x in x_test.split(batch_size)])  # (M, P)
     per_param = _r2(pred, y_test)
     return {
         "r2": float(per_param.mean()),

@@ -113,7 +113,9 @@ def _chunk_scores(
     if train_feats.shape[0] == 0 or test_feats.shape[0] == 0:
         raise ValueError("k-NN needs at least one train and one test sample")
     if k < 1 or temperature <= 0 or chunk < 1:
-        raise ValueError(f"need k >= 1, temperature > 0, chunk >= 1; got {k}, {temperature}, {chunk}")
+        raise ValueError(
+            f"need k >= 1, temperature > 0, chunk >= 1; got {k}, {temperature}, {chunk}"
+        )
     if int(train_labels.min()) < 0 or int(train_labels.max()) >= num_classes:
         raise ValueError(f"train labels must lie in [0, {num_classes}) (num_classes)")
     k = min(k, train_feats.shape[0])

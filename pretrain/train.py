@@ -203,7 +203,12 @@ class Trainer:
         self.method.update_teacher(values["momentum"])
         return out
 
-    def fit(self) -> dict[str, float]:
+    def fit(self, stop_after: int | None = None) -> dict[str, float]:
+        """Train to `train.max_steps` (resuming from `checkpoints/latest` if present).
+
+        `stop_after`: checkpoint and return once this many steps are done (preemption drill);
+        the schedules still follow `train.max_steps`, so a later `fit()` continues exactly.
+        """
         cfg = self.cfg
         resumed = self.maybe_resume()
         if self.dist.is_main:
@@ -222,7 +227,8 @@ class Trainer:
         global_batch = cfg.train.batch_size * self.dist.world_size
         t_prev = time.perf_counter()
         self.method.train()
-        while self.step < total:
+        end = total if stop_after is None else min(total, stop_after)
+        while self.step < end:
             t0 = time.perf_counter()
             batch = next(it).to(self.device)
             t_data = time.perf_counter() - t0
@@ -237,7 +243,7 @@ class Trainer:
             bar.update(1)
             if not math.isfinite(last.get("train/loss_total", 0.0)):
                 raise FloatingPointError(f"non-finite loss at step {self.step}: {last}")
-            if self.step % cfg.checkpoint.every_steps == 0 and self.step < total:
+            if self.step % cfg.checkpoint.every_steps == 0 and self.step < end:
                 self.save_checkpoint()
             if cfg.recon.log_images_every and self.step % cfg.recon.log_images_every == 0:
                 self._log_images(out)
@@ -246,7 +252,7 @@ class Trainer:
         if out is not None:
             self._log_images(out)
         if self.tracker is not None:
-            self.tracker.finish()
+            self.tracker.finish("FINISHED" if self.step >= total else "KILLED")
         return last
 
     def _log_step(self, out: StepOutput, values: dict[str, float], step_time: float, t_data: float, global_batch: int) -> dict[str, float]:

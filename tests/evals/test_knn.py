@@ -114,4 +114,3 @@ def test_k_larger_than_train_set_and_label_checks() -> None:
         knn_scores(train, train_labels, train, num_classes=1)
     with pytest.raises(ValueError, match=r"\(N, D\)"):
         knn_scores(train, train_labels, train[:, :3])
-

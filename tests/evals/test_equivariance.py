@@ -1,0 +1,268 @@
+"""Tests of the synthetic equivariance evaluation (evals/equivariance.py) and evals/features.py.
+
+Oracle feature functions read θ-dependent quantities straight off purpose-built images (the
+polar angle of a blob, its centroid, colour statistics), so the pair [f(I); f(g_θ(I))] determines
+θ through a simple function and R² must come out near 1. Null feature functions ignore the image
+or are invariant to g, so nothing about θ can be learned and R² must stay near (or below) 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data_pipeline.batch import IMAGENET_MEAN, IMAGENET_STD
+from data_pipeline.transforms import build_transform
+from evals.equivariance import equivariance_r2
+from evals.features import backbone_feature_fn, extract_features
+
+SIZE = 32
+FAST = {"hidden": 256}  # the default width 1024 is slow on 2 CPU cores; one test uses it
+_MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def _centred_grid() -> tuple[torch.Tensor, torch.Tensor]:
+    c = torch.arange(SIZE) + 0.5 - SIZE / 2
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    return xx, yy
+
+
+def blob_images(n: int, seed: int) -> torch.Tensor:
+    """One gaussian blob (σ 2 px) on a zero (normalized) background -> (n, 3, 32, 32).
+
+    The blob sits 6-10 px from the centre at a polar angle in [-90°, 90°], so rotations by
+    |φ| <= 45° keep it inside the crop and its polar angle away from the ±180° wrap.
+    """
+    g = torch.Generator().manual_seed(seed)
+    angle = (torch.rand(n, generator=g) * 2 - 1) * math.pi / 2
+    radius = 6 + 4 * torch.rand(n, generator=g)
+    cx, cy = (radius * angle.cos())[:, None, None], (radius * angle.sin())[:, None, None]
+    xx, yy = _centred_grid()
+    blob = torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 2.0**2))  # (n, H, W)
+    amplitude = 1 + torch.rand(n, 3, 1, 1, generator=g)
+    return blob[:, None] * amplitude
+
+
+def color_images(n: int, seed: int) -> torch.Tensor:
+    """Mid-grey images of one chroma (YIQ angle in ±72°) plus smooth luma -> (n, 3, 32, 32).
+
+    Values stay well inside [0, 1] under every colour jitter, so no clamping hides θ.
+    """
+    g = torch.Generator().manual_seed(seed)
+    angle = (torch.rand(n, generator=g) * 2 - 1) * 0.4 * math.pi
+    chroma = 0.05 + 0.05 * torch.rand(n, generator=g)
+    luma = 0.4 + 0.1 * torch.rand(n, 1, 1, 1, generator=g)
+    noise = torch.randn(n, 1, 4, 4, generator=g)
+    luma = luma + 0.04 * F.interpolate(noise, size=(SIZE, SIZE), mode="bicubic")
+    iq = torch.stack([chroma * angle.cos(), chroma * angle.sin()], 1)[:, :, None, None]
+    yiq = torch.cat([luma, iq.expand(n, 2, SIZE, SIZE)], dim=1)
+    rgb = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(_YIQ), yiq)
+    return (rgb - _MEAN) / _STD
+
+
+def smooth_images(n: int, seed: int) -> torch.Tensor:
+    """Smooth random content (bicubic upsampling of 4x4 noise) -> (n, 3, 32, 32)."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(n, 3, 4, 4, generator=g)
+    return F.interpolate(noise, size=(SIZE, SIZE), mode="bicubic")
+
+
+def centroid(images: torch.Tensor) -> torch.Tensor:
+    """Oracle for translation: intensity centroid (x, y) in centred pixels -> (B, 2)."""
+    xx, yy = _centred_grid()
+    w = images.clamp_min(0).sum(1)
+    mass = w.sum((1, 2)).clamp_min(1e-6)
+    return torch.stack([(w * xx).sum((1, 2)) / mass, (w * yy).sum((1, 2)) / mass], dim=1)
+
+
+def polar_angle(images: torch.Tensor) -> torch.Tensor:
+    """Oracle for rotation: polar angle (degrees) and radius of the centroid -> (B, 2)."""
+    c = centroid(images)
+    return torch.stack([torch.rad2deg(torch.atan2(c[:, 1], c[:, 0])), c.norm(dim=1)], dim=1)
+
+
+def color_stats(images: torch.Tensor) -> torch.Tensor:
+    """Oracle for colour jitter: log mean luma, log luma std, log chroma, chroma angle -> (B, 4)."""
+    yiq = torch.einsum("ij,bjhw->bihw", _YIQ, images * _STD + _MEAN)
+    luma, iq = yiq[:, 0], yiq[:, 1:]
+    mean_iq = iq.mean((2, 3))
+    return torch.stack(
+        [
+            luma.mean((1, 2)).log(),
+            luma.std((1, 2)).log(),
+            iq.norm(dim=1).mean((1, 2)).log(),
+            torch.atan2(mean_iq[:, 1], mean_iq[:, 0]),
+        ],
+        dim=1,
+    )
+
+
+def constant(images: torch.Tensor) -> torch.Tensor:
+    """Null: ignores the image -> (B, 8) ones."""
+    return torch.ones(images.shape[0], 8)
+
+
+def radius_and_mass(images: torch.Tensor) -> torch.Tensor:
+    """Null for rotation: rotation-invariant content (centroid radius, total mass) -> (B, 2)."""
+    return torch.stack([centroid(images).norm(dim=1), images.sum((1, 2, 3))], dim=1)
+
+
+ORACLES = {
+    "rotation": (blob_images, polar_angle),
+    "translation": (blob_images, centroid),
+    "color": (color_images, color_stats),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORACLES))
+def test_oracle_features_give_r2_near_one(name: str) -> None:
+    make_images, feature_fn = ORACLES[name]
+    transform = build_transform(name, SIZE)
+    result = equivariance_r2(
+        feature_fn, make_images(200, seed=0), make_images(100, seed=1), transform, **FAST
+    )
+    assert result["r2"] > 0.9, result
+    assert set(result["r2_per_param"]) == set(transform.param_names)
+    assert min(result["r2_per_param"].values()) > 0.9, result
+    assert (result["n_train"], result["n_test"]) == (400, 100)
+
+
+def test_oracle_with_paper_head_and_more_views() -> None:
+    # The paper's head width (1024) and 3 views per train image (checks the view bookkeeping).
+    result = equivariance_r2(
+        polar_angle,
+        blob_images(100, seed=0),
+        blob_images(100, seed=1),
+        build_transform("rotation", SIZE),
+        views_per_image=3,
+        epochs=20,
+    )
+    assert result["r2"] > 0.9, result
+    assert result["n_train"] == 300
+
+
+@pytest.mark.parametrize("name", ["rotation", "translation", "color"])
+def test_constant_features_give_r2_near_zero(name: str) -> None:
+    make_images = ORACLES[name][0]
+    transform = build_transform(name, SIZE)
+    result = equivariance_r2(
+        constant, make_images(200, seed=0), make_images(100, seed=1), transform, **FAST
+    )
+    assert abs(result["r2"]) < 0.1, result
+
+
+def test_noise_and_invariant_features_learn_nothing() -> None:
+    g = torch.Generator().manual_seed(123)
+
+    def noise(images: torch.Tensor) -> torch.Tensor:
+        return torch.randn(images.shape[0], 8, generator=g)
+
+    train, test = blob_images(200, seed=0), blob_images(100, seed=1)
+    rotation = build_transform("rotation", SIZE)
+    # The head overfits the 400 train pairs, so held-out R² of a null is at or below 0.
+    for feature_fn in (noise, radius_and_mass):
+        result = equivariance_r2(feature_fn, train, test, rotation, **FAST)
+        assert result["r2"] < 0.05, (feature_fn.__name__, result)
+
+
+def test_r2_is_deterministic_given_the_seed() -> None:
+    train, test = smooth_images(64, seed=0), smooth_images(32, seed=1)
+    se2 = build_transform("se2", SIZE)
+
+    def pooled(images: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(images, 4).flatten(1)  # (B, 48)
+
+    kwargs = {"hidden": 64, "epochs": 5, "batch_size": 32}
+    first = equivariance_r2(pooled, train, test, se2, seed=3, **kwargs)
+    assert equivariance_r2(pooled, train, test, se2, seed=3, **kwargs) == first
+    assert equivariance_r2(pooled, train, test, se2, seed=4, **kwargs)["r2"] != first["r2"]
+    assert set(first["r2_per_param"]) == {"angle_deg", "shift_x_px", "shift_y_px"}
+
+
+def test_equivariance_r2_leaves_the_global_rng_alone() -> None:
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    equivariance_r2(
+        constant,
+        smooth_images(16, 0),
+        smooth_images(8, 1),
+        build_transform("blur", SIZE),
+        hidden=8,
+        epochs=1,
+    )
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_features_are_extracted_once_per_image_and_view() -> None:
+    seen: list[int] = []
+
+    def counting(images: torch.Tensor) -> torch.Tensor:
+        assert torch.is_inference_mode_enabled()
+        seen.append(images.shape[0])
+        return images.mean((2, 3))
+
+    equivariance_r2(
+        counting,
+        smooth_images(20, 0),
+        smooth_images(10, 1),
+        build_transform("translation", SIZE),
+        views_per_image=2,
+        batch_size=8,
+        hidden=8,
+        epochs=3,
+    )
+    assert sum(seen) == 20 + 2 * 20 + 10 + 10  # f(I) and f(g(I)), not once per epoch
+    assert max(seen) <= 8
+
+
+# --- evals/features.py -------------------------------------------------------------------------
+
+
+def test_extract_features_batches_and_returns_plain_float32() -> None:
+    images = smooth_images(10, 0)
+    feats = extract_features(lambda x: x.double().mean((2, 3)), images, batch_size=3)
+    assert feats.shape == (10, 3) and feats.dtype == torch.float32
+    assert not feats.is_inference()  # usable as input of a trained head
+    torch.testing.assert_close(feats, images.mean((2, 3)))
+    bar = extract_features(lambda x: x.mean((2, 3)), images, batch_size=4, progress="test")
+    torch.testing.assert_close(bar, feats)
+    with pytest.raises(ValueError, match=r"\(B, D\)"):
+        extract_features(lambda x: x, images)
+
+
+class _FakeViT(nn.Module):
+    """Tokens (B, 1 + R + N, D): CLS = 1, registers = -100, patch i = i (N = 4, D = 2)."""
+
+    def __init__(self, registers: int) -> None:
+        super().__init__()
+        self.registers = registers
+        self.num_prefix_tokens = 1 + registers
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        b = images.shape[0]
+        cls = torch.ones(b, 1, 2)
+        regs = torch.full((b, self.registers, 2), -100.0)
+        patches = torch.arange(4.0).view(1, 4, 1).expand(b, 4, 2)
+        return torch.cat([cls, regs, patches], dim=1)
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+def test_backbone_feature_fn_poolings(registers: int) -> None:
+    backbone = _FakeViT(registers).train()
+    images = torch.zeros(3, 3, 8, 8)
+    cls = backbone_feature_fn(backbone, "cls", num_prefix_tokens=1 + registers)(images)
+    assert not backbone.training
+    torch.testing.assert_close(cls, torch.ones(3, 2))
+    mean = backbone_feature_fn(backbone, "mean", num_prefix_tokens=1 + registers)(images)
+    torch.testing.assert_close(mean, torch.full((3, 2), 1.5))  # registers excluded
+    both = backbone_feature_fn(backbone)(images)  # num_prefix_tokens read off the backbone
+    torch.testing.assert_close(both, torch.tensor([[1.0, 1.0, 1.5, 1.5]]).expand(3, 4))
+    with pytest.raises(ValueError, match="pooling"):
+        backbone_feature_fn(backbone, "max")
