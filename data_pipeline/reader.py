@@ -393,30 +393,30 @@ class _MultiCropBatches(IterableDataset):
         j: int,
         n_workers: int,
     ) -> dict[str, torch.Tensor | None]:
-        batch_size = len(images)
+        """Augments, stacks and masks one batch (pure function of its seeds)."""
+        batch_size, aug = len(images), self.augment
         with _single_thread(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(_TAG_AUGMENT, self.seed, epoch, rank, worker, j))
-            crops = [self.augment(image) for image in images]
-        global_crops = torch.stack([torch.stack([c[0][i] for c in crops]) for i in range(2)])
-        aug = self.augment
-        if aug.n_local > 0:
-            local_crops = torch.stack(
-                [torch.stack([c[1][i] for c in crops]) for i in range(aug.n_local)]
+            crops = [aug(image) for image in images]
+            global_crops = torch.stack([torch.stack([c[0][i] for c in crops]) for i in range(2)])
+            if aug.n_local > 0:
+                local_crops = torch.stack(
+                    [torch.stack([c[1][i] for c in crops]) for i in range(aug.n_local)]
+                )
+            else:
+                local_crops = torch.empty(0, batch_size, 3, aug.local_size, aug.local_size)
+            batch_index = j * n_workers + worker  # position of this batch in the epoch
+            generator = torch.Generator().manual_seed(
+                derive_seed(_TAG_MASKS, self.seed, epoch, rank, batch_index)
             )
-        else:
-            local_crops = torch.empty(0, batch_size, 3, aug.local_size, aug.local_size)
-        batch_index = j * n_workers + worker  # position of this batch in the epoch
-        generator = torch.Generator().manual_seed(
-            derive_seed(_TAG_MASKS, self.seed, epoch, rank, batch_index)
-        )
-        masks = make_batch_masks(
-            2 * batch_size,
-            (self.mask_generator.height, self.mask_generator.width),
-            mask_prob=self.mask_prob,
-            ratio=self.mask_ratio,
-            generator=generator,
-            mask_generator=self.mask_generator,
-        ).view(2, batch_size, -1)
+            masks = make_batch_masks(
+                2 * batch_size,
+                (self.mask_generator.height, self.mask_generator.width),
+                mask_prob=self.mask_prob,
+                ratio=self.mask_ratio,
+                generator=generator,
+                mask_generator=self.mask_generator,
+            ).view(2, batch_size, -1)
         return {
             "global_crops": global_crops,
             "local_crops": local_crops,
@@ -450,6 +450,10 @@ class TrainLoader:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 1 <= patch_size <= augment.global_size:
+            raise ValueError(f"patch_size {patch_size} must be in [1, {augment.global_size}]")
+        if not 0.0 <= mask_prob <= 1.0:
+            raise ValueError(f"mask_prob must be in [0, 1], got {mask_prob}")
         self.stream = stream
         self.augment = augment
         self.batch_size = batch_size
@@ -487,8 +491,9 @@ class TrainLoader:
         """Skipped samples seen so far: ``{"skipped": int, "by_reason": {...}, "bad_shards"}``.
 
         Best effort: samples skipped inside worker processes are reported with the next batch
-        that worker yields, so skips after a worker's last yielded batch are not counted, and
-        ``bad_shard`` counts each detection (a shard may be counted once per epoch).
+        that worker yields, so skips after a worker's last yielded batch are not counted.
+        ``bad_shard`` counts shards: those found unreadable when the loader was built (left out
+        for good), plus each pass that hits a shard which became unreadable later.
         """
         by_reason = {k: v for k, v in sorted(self._skipped.items()) if v > 0}
         return {
@@ -563,23 +568,33 @@ class TrainLoader:
                 num_workers=self.num_workers,
                 pin_memory=self.pin_memory,
                 persistent_workers=False,
+                # Its own generator: the DataLoader then never draws from torch's global RNG.
+                generator=torch.Generator().manual_seed(derive_seed(self.seed, epoch)),
             )
             yielded = 0
-            for tensors, meta in loader:
-                yielded += 1
-                self._skipped.update(meta["skipped"])
-                self._bad_shards.update(meta["bad_shards"])
-                self.last_keys = meta["keys"]
-                self._workers[meta["worker"]] = (meta["batch"] + 1, meta["position"])
-                self._batches_in_epoch += 1
-                if self._batches_in_epoch >= total:
-                    self._epoch, self._batches_in_epoch, self._workers = epoch + 1, 0, {}
-                yield Batch(
-                    global_crops=tensors["global_crops"],
-                    local_crops=tensors["local_crops"],
-                    masks=tensors["masks"],
-                    labels=tensors["labels"],
-                )
+            batches = iter(loader)
+            try:
+                for tensors, meta in batches:
+                    yielded += 1
+                    self._skipped.update(meta["skipped"])
+                    self._bad_shards.update(meta["bad_shards"])
+                    self.last_keys = meta["keys"]
+                    self._workers[meta["worker"]] = (meta["batch"] + 1, meta["position"])
+                    self._batches_in_epoch += 1
+                    if self._batches_in_epoch >= total:
+                        self._epoch, self._batches_in_epoch, self._workers = epoch + 1, 0, {}
+                    yield Batch(
+                        global_crops=tensors["global_crops"],
+                        local_crops=tensors["local_crops"],
+                        masks=tensors["masks"],
+                        labels=tensors["labels"],
+                    )
+            finally:
+                # Stop the workers now. Left to the garbage collector (e.g. when an exception's
+                # traceback holds the iterator) torch's shutdown can stall ~5 s per loader.
+                shutdown = getattr(batches, "_shutdown_workers", None)
+                if shutdown is not None:
+                    shutdown()
             if self._epoch == epoch:  # the workers stopped early
                 if yielded == 0 and self._batches_in_epoch == 0:
                     raise RuntimeError(

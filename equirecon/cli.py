@@ -40,9 +40,13 @@ def format_table(rows: dict[str, float]) -> str:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from evals.run import evaluate_checkpoint
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
-    result = evaluate_checkpoint(args.checkpoint, tasks=tasks, data=args.data, overrides=args.overrides)
+    result = evaluate_checkpoint(
+        args.checkpoint, tasks=tasks, data=args.data, overrides=args.overrides
+    )
     print(f"checkpoint {result['checkpoint']} (step {result['step']}):")
     print(format_table(result["metrics"]))
     return 0
@@ -65,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre.set_defaults(func=_cmd_pretrain)
 
     ev = verbs.add_parser("eval", help="evaluate a checkpoint")
-    ev.add_argument("--checkpoint", required=True, help="RUN_DIR/checkpoints/step_X (or .../latest)")
+    ev.add_argument(
+        "--checkpoint", required=True, help="RUN_DIR/checkpoints/step_X (or .../latest)"
+    )
     ev.add_argument("--tasks", default="", help="comma-separated: equivariance,knn")
     ev.add_argument("--data", default=None, help="dataset root (default: the run's data.path)")
     ev.add_argument("overrides", nargs="*", help="key=value overrides of eval.* keys")

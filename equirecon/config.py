@@ -15,7 +15,12 @@ from typing import Any
 import yaml
 
 # Per-method defaults of the split head (DESIGN §1.5).
-SPLIT_DEFAULTS = {"dinov2": (2048, 512), "ibot": (8192, 2048), "vicreg": (512, 256), "simclr": (512, 256)}
+SPLIT_DEFAULTS = {
+    "dinov2": (2048, 512),
+    "ibot": (8192, 2048),
+    "vicreg": (512, 256),
+    "simclr": (512, 256),
+}
 
 
 @dataclass
@@ -167,7 +172,11 @@ def _convert(value: Any, current: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != len(current):
             raise ConfigError(f"{key}: expected a list of {len(current)} numbers, got {value!r}")
         return tuple(float(v) for v in value)
-    if isinstance(current, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if (
+        isinstance(current, float)
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+    ):
         return float(value)
     if isinstance(current, int) and isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -187,7 +196,9 @@ def _set(cfg: Config, dotted: str, value: Any) -> None:
     section_name, key = parts
     section_fields = {f.name for f in dataclasses.fields(cfg)}
     if section_name not in section_fields:
-        raise ConfigError(f"unknown config section {section_name!r} in {dotted!r}; sections: {sorted(section_fields)}")
+        raise ConfigError(
+            f"unknown config section {section_name!r} in {dotted!r}; sections: {sorted(section_fields)}"
+        )
     section = getattr(cfg, section_name)
     attr = _ALIASES.get(key, key)
     names = {f.name for f in dataclasses.fields(section)}
@@ -243,11 +254,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def validate(cfg: Config) -> None:
     """Cross-field checks with actionable messages."""
     if cfg.method.name not in SPLIT_DEFAULTS:
-        raise ConfigError(f"method.name={cfg.method.name!r}; choose one of {sorted(SPLIT_DEFAULTS)}")
+        raise ConfigError(
+            f"method.name={cfg.method.name!r}; choose one of {sorted(SPLIT_DEFAULTS)}"
+        )
     if cfg.data.backend not in ("torch", "dali"):
         raise ConfigError(f"data.backend={cfg.data.backend!r}; choose torch or dali")
     if cfg.train.strategy not in ("single", "ddp", "fsdp2", "deepspeed"):
-        raise ConfigError(f"train.strategy={cfg.train.strategy!r}; choose single, ddp, fsdp2 or deepspeed")
+        raise ConfigError(
+            f"train.strategy={cfg.train.strategy!r}; choose single, ddp, fsdp2 or deepspeed"
+        )
     if cfg.train.precision not in ("fp32", "bf16"):
         raise ConfigError(f"train.precision={cfg.train.precision!r}; choose fp32 or bf16")
     if cfg.recon.k < 1:
@@ -257,7 +272,9 @@ def validate(cfg: Config) -> None:
     if cfg.recon.lam > 5:
         import warnings
 
-        warnings.warn(f"recon.lambda={cfg.recon.lam} > 5 is reported unstable (paper)", stacklevel=2)
+        warnings.warn(
+            f"recon.lambda={cfg.recon.lam} > 5 is reported unstable (paper)", stacklevel=2
+        )
     if cfg.train.max_steps < 1 or cfg.train.batch_size < 1:
         raise ConfigError("train.max_steps and train.batch_size must be >= 1")
 

@@ -43,7 +43,9 @@ class MetricsFile:
         """Drop lines logged after `step` (a resumed run re-logs them)."""
         if not self.path.is_file():
             return
-        kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        kept = [
+            ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step
+        ]
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(ln + "\n" for ln in kept))
         os.replace(tmp, self.path)
@@ -101,12 +103,14 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
             return
-        from mlflow.entities import Metric
-
         import time
 
+        from mlflow.entities import Metric
+
         ts = int(time.time() * 1000)
-        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items() if math.isfinite(float(v))]
+        batch = [
+            Metric(k, float(v), ts, step) for k, v in metrics.items() if math.isfinite(float(v))
+        ]
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
 
@@ -119,7 +123,9 @@ class Tracker:
             self.client.set_terminated(self.run_id, status=status)
 
 
-def log_to_existing_run(run_dir: str | Path, metrics: dict[str, float], step: int, uri: str = "") -> str | None:
+def log_to_existing_run(
+    run_dir: str | Path, metrics: dict[str, float], step: int, uri: str = ""
+) -> str | None:
     """Log `metrics` at `step` into the MLflow run of `run_dir` (used by evaluations)."""
     id_file = Path(run_dir) / RUN_ID_FILE
     if not id_file.is_file():
@@ -127,9 +133,9 @@ def log_to_existing_run(run_dir: str | Path, metrics: dict[str, float], step: in
         return None
     run_id = id_file.read_text().strip()
     client = _client(resolve_tracking_uri(uri))
-    from mlflow.entities import Metric
-
     import time
+
+    from mlflow.entities import Metric
 
     ts = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])

@@ -75,8 +75,12 @@ def run_tasks(
     for task in tasks:
         t0 = time.perf_counter()
         if task == "equivariance":
-            train_x, _ = load_images(data, "natural", "train", size, with_labels=False, max_images=e.max_train_images)
-            test_x, _ = load_images(data, "natural", "val", size, with_labels=False, max_images=e.max_test_images)
+            train_x, _ = load_images(
+                data, "natural", "train", size, with_labels=False, max_images=e.max_train_images
+            )
+            test_x, _ = load_images(
+                data, "natural", "val", size, with_labels=False, max_images=e.max_test_images
+            )
             for name in [t.strip() for t in e.equivariance_transforms.split(",") if t.strip()]:
                 res = equivariance_r2(
                     feature_fn,
@@ -138,8 +142,14 @@ def evaluate_checkpoint(
     metrics = run_tasks(backbone, cfg, tasks, data)
     step = checkpoint_step(ckpt)
     run_dir = ckpt.parent.parent
-    result = {"checkpoint": str(ckpt), "step": step, "tasks": tasks, "data": str(data), "metrics": metrics,
-              "seconds": round(time.perf_counter() - t0, 2)}
+    result = {
+        "checkpoint": str(ckpt),
+        "step": step,
+        "tasks": tasks,
+        "data": str(data),
+        "metrics": metrics,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
     out_dir = run_dir / "evals"
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"step_{step:08d}.json"

@@ -79,7 +79,9 @@ class Checkpointer:
         self.root = Path(run_dir) / "checkpoints"
         self.keep = keep
 
-    def save(self, step: int, state: dict[str, Any], config_yaml: str, meta: dict[str, Any]) -> Path:
+    def save(
+        self, step: int, state: dict[str, Any], config_yaml: str, meta: dict[str, Any]
+    ) -> Path:
         final = self.root / step_dir_name(step)
         tmp = self.root / f".tmp_{step_dir_name(step)}"
         if _rank() == 0:
@@ -92,7 +94,9 @@ class Checkpointer:
         _barrier()
         if _rank() == 0:
             (tmp / "config.yaml").write_text(config_yaml)
-            (tmp / "meta.json").write_text(json.dumps({**meta, "step": step, "time": time.time()}, indent=1))
+            (tmp / "meta.json").write_text(
+                json.dumps({**meta, "step": step, "time": time.time()}, indent=1)
+            )
             if final.exists():  # re-saving the same step (e.g. after a resume): replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)

@@ -6,7 +6,9 @@ import math
 from dataclasses import dataclass
 
 
-def cosine(step: int, total: int, start: float, end: float, warmup: int = 0, warmup_start: float = 0.0) -> float:
+def cosine(
+    step: int, total: int, start: float, end: float, warmup: int = 0, warmup_start: float = 0.0
+) -> float:
     """Linear warm-up from `warmup_start` to `start` over `warmup` steps, then cosine to `end`."""
     if step < warmup:
         return warmup_start + (start - warmup_start) * step / max(warmup, 1)

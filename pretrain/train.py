@@ -12,7 +12,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 from tqdm import tqdm
 
 from equirecon.config import Config, flat_dict, save_config, to_dict
@@ -34,7 +37,10 @@ def build_optimizer(student: nn.Module) -> torch.optim.Optimizer:
         if not p.requires_grad:
             continue
         (no_decay if p.ndim <= 1 or name.endswith(("token", "pos_embed")) else decay).append(p)
-    groups = [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "apply_wd": True},
+        {"params": no_decay, "apply_wd": False, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999))
 
 
@@ -107,7 +113,9 @@ class Trainer:
 
         self.method: SSLMethod = build_method(cfg).to(self.device)
         self.student_fn: nn.Module = self.method.student
-        if cfg.train.strategy == "ddp" or (cfg.train.strategy == "single" and self.dist.distributed):
+        if cfg.train.strategy == "ddp" or (
+            cfg.train.strategy == "single" and self.dist.distributed
+        ):
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -156,7 +164,9 @@ class Trainer:
             meta["mlflow_run_id"] = self.tracker.run_id
         import yaml
 
-        path = self.checkpointer.save(self.step, self._state(), yaml.safe_dump(to_dict(self.cfg), sort_keys=False), meta)
+        path = self.checkpointer.save(
+            self.step, self._state(), yaml.safe_dump(to_dict(self.cfg), sort_keys=False), meta
+        )
         return path
 
     def maybe_resume(self) -> bool:
@@ -213,14 +223,24 @@ class Trainer:
         resumed = self.maybe_resume()
         if self.dist.is_main:
             self.tracker = Tracker(
-                self.run_dir, cfg.tracking.uri, cfg.tracking.experiment, cfg.run.name, cfg.tracking.enabled
+                self.run_dir,
+                cfg.tracking.uri,
+                cfg.tracking.experiment,
+                cfg.run.name,
+                cfg.tracking.enabled,
             )
             self.tracker.log_params(flat_dict(cfg))
             self.tracker.log_artifact(self.run_dir / "config.yaml")
             if resumed:
                 self.metrics_file.truncate_after(self.step)
         total = cfg.train.max_steps
-        bar = tqdm(total=total, initial=self.step, desc="pretrain", disable=not self.dist.is_main, dynamic_ncols=True)
+        bar = tqdm(
+            total=total,
+            initial=self.step,
+            desc="pretrain",
+            disable=not self.dist.is_main,
+            dynamic_ncols=True,
+        )
         it = iter(self.loader)
         last: dict[str, float] = {}
         out: StepOutput | None = None
@@ -239,7 +259,9 @@ class Trainer:
             step_time, t_prev = now - t_prev, now
             if self.step % cfg.train.log_every == 0 or self.step == total:
                 last = self._log_step(out, values, step_time, t_data, global_batch)
-                bar.set_postfix(loss=f"{last['train/loss_total']:.3f}", img_s=f"{last['train/img_per_s']:.0f}")
+                bar.set_postfix(
+                    loss=f"{last['train/loss_total']:.3f}", img_s=f"{last['train/img_per_s']:.0f}"
+                )
             bar.update(1)
             if not math.isfinite(last.get("train/loss_total", 0.0)):
                 raise FloatingPointError(f"non-finite loss at step {self.step}: {last}")
@@ -255,8 +277,19 @@ class Trainer:
             self.tracker.finish("FINISHED" if self.step >= total else "KILLED")
         return last
 
-    def _log_step(self, out: StepOutput, values: dict[str, float], step_time: float, t_data: float, global_batch: int) -> dict[str, float]:
-        losses = [out.loss_total, out.loss_ssl, out.loss_recon if out.loss_recon is not None else out.loss_total * 0]
+    def _log_step(
+        self,
+        out: StepOutput,
+        values: dict[str, float],
+        step_time: float,
+        t_data: float,
+        global_batch: int,
+    ) -> dict[str, float]:
+        losses = [
+            out.loss_total,
+            out.loss_ssl,
+            out.loss_recon if out.loss_recon is not None else out.loss_total * 0,
+        ]
         losses += list(out.terms.values())
         reduced = all_reduce_mean(torch.stack([v.detach().float() for v in losses])).tolist()
         metrics = {
@@ -296,6 +329,8 @@ class Trainer:
 
 def pretrain(cfg: Config) -> dict[str, float]:
     """Run (or resume) the pretraining described by `cfg`; returns the last logged metrics."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     trainer = Trainer(cfg)
     return trainer.fit()

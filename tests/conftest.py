@@ -40,7 +40,16 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from data_pipeline.demo import build_demo
 
     out = tmp_path_factory.mktemp("demo") / "data"
-    build_demo(out, seed=0, n_train_crops=240, n_val_crops=80, crop_px=32, labelled_train=300, labelled_val=100, progress=False)
+    build_demo(
+        out,
+        seed=0,
+        n_train_crops=240,
+        n_val_crops=80,
+        crop_px=32,
+        labelled_train=300,
+        labelled_val=100,
+        progress=False,
+    )
     return out
 
 

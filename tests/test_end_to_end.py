@@ -18,7 +18,14 @@ from tests.conftest import REPO, TINY_OVERRIDES
 
 pytestmark = pytest.mark.slow
 
-REQUIRED_TRAIN = {"train/loss_total", "train/loss_ssl", "train/loss_recon", "train/lr", "train/img_per_s", "train/data_wait_frac"}
+REQUIRED_TRAIN = {
+    "train/loss_total",
+    "train/loss_ssl",
+    "train/loss_recon",
+    "train/lr",
+    "train/img_per_s",
+    "train/data_wait_frac",
+}
 
 
 def make_cfg(run_dir: Path, data: Path, uri: str, *extra: str):  # noqa: ANN201
@@ -69,7 +76,14 @@ def test_pretrain_resume_and_eval(tmp_path: Path, demo_data: Path, tracking_uri:
     # Eval through the CLI, as a user would run it.
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     proc = subprocess.run(
-        [sys.executable, "-m", "equirecon", "eval", "--checkpoint", str(run_dir / "checkpoints" / "latest")],
+        [
+            sys.executable,
+            "-m",
+            "equirecon",
+            "eval",
+            "--checkpoint",
+            str(run_dir / "checkpoints" / "latest"),
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -87,17 +101,34 @@ def test_pretrain_resume_and_eval(tmp_path: Path, demo_data: Path, tracking_uri:
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     run = client.get_run(run_id)
     assert run.data.params["recon.transform"] == "se2"
-    assert [m.step for m in client.get_metric_history(run_id, "train/loss_recon")] == [1, 2, 3, 4, 5, 6]
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss_recon")] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
     evals = client.get_metric_history(run_id, "eval/equivariance/rotation_r2")
     assert [(m.step, round(m.value, 6)) for m in evals] == [(6, round(r2, 6))]
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert "config.yaml" in artifacts and "recon" in artifacts
 
 
-def test_teacher_weights_in_checkpoint_are_what_eval_loads(tmp_path: Path, demo_data: Path, tracking_uri: str) -> None:
+def test_teacher_weights_in_checkpoint_are_what_eval_loads(
+    tmp_path: Path, demo_data: Path, tracking_uri: str
+) -> None:
     from evals.run import load_teacher_backbone
 
-    trainer = Trainer(make_cfg(tmp_path / "r", demo_data, tracking_uri, "train.max_steps=2", "checkpoint.every_steps=10"))
+    trainer = Trainer(
+        make_cfg(
+            tmp_path / "r",
+            demo_data,
+            tracking_uri,
+            "train.max_steps=2",
+            "checkpoint.every_steps=10",
+        )
+    )
     trainer.fit()
     backbone, _ = load_teacher_backbone(latest_checkpoint(tmp_path / "r" / "checkpoints"))
     teacher = trainer.method.teacher.encoder.backbone
@@ -105,7 +136,11 @@ def test_teacher_weights_in_checkpoint_are_what_eval_loads(tmp_path: Path, demo_
         assert torch.equal(a, b), name
     # ... and they differ from the student's (EMA, not a copy).
     student = trainer.method.student.encoder.backbone.state_dict()
-    assert any(not torch.equal(student[k], v) for k, v in teacher.state_dict().items() if v.is_floating_point())
+    assert any(
+        not torch.equal(student[k], v)
+        for k, v in teacher.state_dict().items()
+        if v.is_floating_point()
+    )
 
 
 @pytest.mark.distributed

@@ -57,7 +57,10 @@ class EquiTransform(ABC):
         return len(self.param_names)
 
     def sample(
-        self, batch_size: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
     ) -> torch.Tensor:
         """Draw θ ~ U(ranges) for `batch_size` images -> (B, P) float32 on `device`.
 
@@ -89,6 +92,8 @@ class EquiTransform(ABC):
     def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """g_θ(images): (B, 3, H, W) normalized -> (B, 3, H, W) normalized."""
 
-    def intermediates(self, images: torch.Tensor, params: torch.Tensor, k: int) -> list[torch.Tensor]:
+    def intermediates(
+        self, images: torch.Tensor, params: torch.Tensor, k: int
+    ) -> list[torch.Tensor]:
         """The K reconstruction targets u_j = g_{jθ/(K+1)}(u), j = 1..K, each straight from u."""
         return [self.apply(images, self.interpolate(params, j / (k + 1))) for j in range(1, k + 1)]

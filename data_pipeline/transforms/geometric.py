@@ -9,7 +9,6 @@ Translations are given in pixels at 224² and scale with the crop size (paper Ta
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
@@ -22,7 +21,8 @@ def se2_matrices(angle_deg: torch.Tensor, shift_px: torch.Tensor) -> torch.Tenso
     """exp of the se(2) element (φ, t) as (B, 3, 3) homogeneous matrices in centred pixel coords.
 
     Args:
-        angle_deg: (B,) rotation φ in degrees (counter-clockwise in image coordinates).
+        angle_deg: (B,) rotation φ in degrees. In image coordinates (x right, y down) a positive
+            angle turns x toward y, i.e. clockwise as displayed (opposite to torchvision's rotate).
         shift_px: (B, 2) translation velocity (t_x, t_y) in pixels.
     """
     phi = torch.deg2rad(angle_deg.float())
@@ -49,7 +49,9 @@ def warp_se2(images: torch.Tensor, angle_deg: torch.Tensor, shift_px: torch.Tens
     # Centred pixel coords -> normalized [-1, 1] coords (align_corners=False): x_n = 2 x / W.
     scale = torch.tensor([2.0 / w, 2.0 / h, 1.0], device=images.device)
     inv_n = scale[:, None] * inv * (1.0 / scale)[None, :]
-    grid = F.affine_grid(inv_n[:, :2, :].to(images.dtype), [b, images.shape[1], h, w], align_corners=False)
+    grid = F.affine_grid(
+        inv_n[:, :2, :].to(images.dtype), [b, images.shape[1], h, w], align_corners=False
+    )
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -111,5 +113,3 @@ class SE2(_GeometricTransform):
 
     def _split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return params[:, 0], params[:, 1:3]
-
-

@@ -3,7 +3,9 @@
 Both work in [0, 1] RGB (de-normalized with the ImageNet statistics) and return normalized images.
 Color jitter: brightness, contrast, saturation factors 1 + b, 1 + c, 1 + s (b, c, s ∈ [-0.4, 0.4])
 and a hue rotation by h turns (h ∈ [-0.1, 0.1]), applied in that fixed order, clamped to [0, 1].
-Blur: σ ∈ [0.1, 2] pixels at 224² (scaled with the crop size), σ = 0 is the identity.
+Blur: σ ∈ [0.1, 2] pixels of the crop (the paper's range, not rescaled: unlike translation,
+DESIGN gives no resolution rule for σ, and a rescaled σ would be invisible on 32 px demo crops);
+σ = 0 is the identity.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import torch.nn.functional as F
 
 from data_pipeline.batch import IMAGENET_MEAN, IMAGENET_STD
 from data_pipeline.transforms.base import EquiTransform, register_transform
-from data_pipeline.transforms.geometric import REFERENCE_SIZE
 
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -33,7 +34,9 @@ def _gray(rgb: torch.Tensor) -> torch.Tensor:
 
 def _hue_rotate(rgb: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     """Rotate hue by `turns` (B,) full turns: a rotation of the chroma plane in YIQ space."""
-    to_yiq = rgb.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    to_yiq = rgb.new_tensor(
+        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]]
+    )
     from_yiq = torch.linalg.inv(to_yiq)
     ang = 2 * math.pi * turns
     cos, sin = torch.cos(ang), torch.sin(ang)
@@ -57,6 +60,7 @@ class ColorJitter(EquiTransform):
     def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         mean, std = _stats(images)
         x = images * std + mean
+        params = params.to(images.device)
         p = params.to(images.dtype).view(-1, 4, 1, 1, 1)
         x = (x * (1 + p[:, 0])).clamp(0, 1)
         gray_mean = _gray(x).mean(dim=(2, 3), keepdim=True)
@@ -69,19 +73,17 @@ class ColorJitter(EquiTransform):
 
 @register_transform("blur")
 class GaussianBlur(EquiTransform):
-    """Isotropic gaussian blur, σ ∈ [0.1, 2] px at 224² (scaled to the crop), reflect padding."""
+    """Isotropic gaussian blur, σ ∈ [0.1, 2] px, reflect padding."""
 
     param_names = ("sigma_px",)
-    sigma_range_224 = (0.1, 2.0)
 
     @property
     def param_ranges(self) -> tuple[tuple[float, float], ...]:
-        s = self.image_size / REFERENCE_SIZE
-        return ((self.sigma_range_224[0] * s, self.sigma_range_224[1] * s),)
+        return ((0.1, 2.0),)
 
     def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         b, c, h, w = images.shape
-        sigma = params[:, 0].to(images.dtype).clamp_min(1e-6)
+        sigma = params[:, 0].to(images.device).to(images.dtype).clamp_min(1e-6)
         radius = max(1, math.ceil(3 * self.param_ranges[0][1]))
         radius = min(radius, (min(h, w) - 1) // 2) if min(h, w) > 2 else 0
         if radius == 0:

@@ -74,9 +74,7 @@ class Encoder(nn.Module):
         return self.split_head(tokens)
 
 
-def build_decoders(
-    k: int, d_equi: int, image_size: int, grid: int, channels: int
-) -> nn.ModuleList:
+def build_decoders(k: int, d_equi: int, image_size: int, grid: int, channels: int) -> nn.ModuleList:
     """K decoders reading the per-patch concatenation [z1_equi ; z2_equi] (2·d_equi)."""
     return nn.ModuleList(
         ReconDecoder(2 * d_equi, (image_size, image_size), (grid, grid), channels) for _ in range(k)

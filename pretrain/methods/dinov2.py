@@ -10,7 +10,14 @@ from torch import nn
 from data_pipeline.batch import Batch
 from data_pipeline.transforms import EquiTransform, build_transform
 from pretrain.losses import DINOClsLoss, IBOTPatchLoss, koleo_loss, recon_loss, sinkhorn_knopp
-from pretrain.methods.base import Encoder, SSLMethod, StepOutput, build_decoders, make_teacher, register_method
+from pretrain.methods.base import (
+    Encoder,
+    SSLMethod,
+    StepOutput,
+    build_decoders,
+    make_teacher,
+    register_method,
+)
 from pretrain.models.backbone import backbone_kwargs, build_backbone
 from pretrain.models.heads import DINOHead, SplitHead
 

@@ -16,15 +16,20 @@ class ReconDecoder(nn.Module):
     between layers; the last layer outputs 3 channels in the normalized pixel space.
     """
 
-    def __init__(self, in_dim: int, out_size: tuple[int, int], grid: tuple[int, int], channels: int = 256) -> None:
+    def __init__(
+        self, in_dim: int, out_size: tuple[int, int], grid: tuple[int, int], channels: int = 256
+    ) -> None:
         super().__init__()
         self.out_size, self.grid = out_size, grid
         self.embed = nn.Linear(in_dim, channels)
         widths = [channels] + [max(channels // 2**i, 16) for i in range(1, 4)] + [3]
-        self.convs = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 3, padding=1) for i in range(4))
+        self.convs = nn.ModuleList(
+            nn.Conv2d(widths[i], widths[i + 1], 3, padding=1) for i in range(4)
+        )
         (h, w), (H, W) = grid, out_size
         self.sizes = [
-            (round(h * (H / h) ** ((i + 1) / 4)), round(w * (W / w) ** ((i + 1) / 4))) for i in range(4)
+            (round(h * (H / h) ** ((i + 1) / 4)), round(w * (W / w) ** ((i + 1) / 4)))
+            for i in range(4)
         ]
         self.sizes[-1] = (H, W)
 

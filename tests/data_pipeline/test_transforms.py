@@ -17,7 +17,9 @@ def smooth_images(n: int = 4, size: int = SIZE, seed: int = 0) -> torch.Tensor:
     """Smooth random images (low-frequency content), so bilinear resampling is accurate."""
     g = torch.Generator().manual_seed(seed)
     low = torch.randn(n, 3, 6, 6, generator=g)
-    return torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
+    return torch.nn.functional.interpolate(
+        low, size=(size, size), mode="bicubic", align_corners=False
+    )
 
 
 def test_registry_has_paper_transforms() -> None:

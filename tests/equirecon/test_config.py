@@ -13,7 +13,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_overrides_types_and_aliases() -> None:
-    cfg = load_config(None, ["recon.lambda=0.5", "data.global_scale=[0.4,1]", "model.patch_size=4", "recon.enabled=false"])
+    cfg = load_config(
+        None,
+        [
+            "recon.lambda=0.5",
+            "data.global_scale=[0.4,1]",
+            "model.patch_size=4",
+            "recon.enabled=false",
+        ],
+    )
     assert cfg.recon.lam == 0.5 and cfg.data.global_scale == (0.4, 1.0)
     assert cfg.model.patch_size == 4 and cfg.recon.enabled is False
 

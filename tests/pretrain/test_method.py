@@ -68,7 +68,9 @@ def test_decoder_output_matches_crop(size: int, patch: int) -> None:
 
 def test_backbone_masking_changes_only_masked_inputs() -> None:
     torch.manual_seed(0)
-    bb = build_backbone("vit_tiny", img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2).eval()
+    bb = build_backbone(
+        "vit_tiny", img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2
+    ).eval()
     x = torch.randn(1, 3, 16, 16)
     none = torch.zeros(1, 16, dtype=torch.bool)
     masked = none.clone()
@@ -156,7 +158,7 @@ def test_training_steps_reduce_loss_on_fixed_batch() -> None:
         group["lr"] = 1e-3
     batch = random_batch(b=8)
     losses = []
-    for step in range(8):
+    for _ in range(8):
         out = method.compute_losses(method.student, batch, 0.04, transform_generator(0, 0, 0))
         opt.zero_grad()
         out.loss_total.backward()
