@@ -38,10 +38,15 @@ def load_teacher_backbone(ckpt: str | Path, cfg: Config | None = None) -> tuple[
     kwargs = backbone_kwargs(cfg.model, cfg.data.global_size)
     kwargs["drop_path"] = 0.0
     backbone = build_backbone(**kwargs)
+    from pretrain.methods import get_method
+
+    # The representation of DESIGN §1.5: the teacher backbone where the method has an EMA
+    # teacher (DINOv2, iBOT), else the (shared) student encoder's backbone (VICReg, SimCLR).
+    key = "teacher" if getattr(get_method(cfg.method.name), "has_teacher", True) else "student"
     prefix = "encoder.backbone."
-    state = {"teacher": {prefix + k: v for k, v in backbone.state_dict().items()}}
+    state = {key: {prefix + k: v for k, v in backbone.state_dict().items()}}
     Checkpointer(ckpt.parent.parent).load(ckpt, state, partial=True)
-    backbone.load_state_dict({k[len(prefix) :]: v for k, v in state["teacher"].items()})
+    backbone.load_state_dict({k[len(prefix) :]: v for k, v in state[key].items()})
     return backbone.eval(), cfg
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,11 +26,11 @@ ARCHS: dict[str, ArchSpec] = {
     "vit_base_patch16": ArchSpec("vit_base_patch16_224"),
     "vit_large_patch16": ArchSpec("vit_large_patch16_224"),
     "vit_large_patch14": ArchSpec("vit_large_patch14_224"),
-    # DINOv2's g/14: width 1536, depth 40, 24 heads, SwiGLU-free MLP ratio 4 (≈1.1B params).
-    "vit_giant_patch14": ArchSpec("vit_giant_patch14_224"),
+    # DINOv2's g/14: width 1536, depth 40, 24 heads, SwiGLU FFN (hidden 4096), LayerScale (≈1.1B).
+    "vit_giant_patch14": ArchSpec("vit_giant_patch14_dinov2"),
 }
 
-ATTENTION_BACKENDS = ("sdpa", "math")
+ATTENTION_BACKENDS = ("sdpa", "math", "xformers")
 
 
 def list_archs() -> list[str]:
@@ -71,13 +72,59 @@ class Backbone(nn.Module):
         return vit.norm(x)
 
 
+def _xformers_attention_forward(
+    self: nn.Module,
+    x: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """timm Attention.forward with xformers' memory-efficient kernel ((B, N, H, Dh) layout)."""
+    from xformers.ops import memory_efficient_attention
+
+    if attn_mask is not None or is_causal:
+        raise NotImplementedError("model.attention=xformers supports unmasked self-attention only")
+    b, n, c = x.shape
+    gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None
+    q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).unbind(2)
+    q, k = self.q_norm(q), self.k_norm(k)
+    drop = self.attn_drop.p if self.training else 0.0
+    x = memory_efficient_attention(q, k, v, p=drop, scale=self.scale)
+    x = x.reshape(b, n, getattr(self, "attn_dim", c))
+    x = self.norm(x) if hasattr(self, "norm") else x
+    if gate is not None:
+        x = x * gate
+    return self.proj_drop(self.proj(x))
+
+
+def check_xformers() -> None:
+    """Raise a clear error unless xformers can run here (CUDA + an importable xformers)."""
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "model.attention=xformers needs a CUDA GPU (xformers has no CPU kernels); "
+            "use model.attention=sdpa, which picks flash/efficient/cudnn kernels on GPU"
+        )
+    try:
+        import xformers.ops  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(
+            "model.attention=xformers needs the `gpu` extra: pip install 'equirecon[gpu]'"
+        ) from e
+
+
 def set_attention_backend(backbone: Backbone, backend: str) -> None:
     """`sdpa`: torch scaled_dot_product_attention (flash/efficient/cudnn kernels on GPU);
-    `math`: the explicit softmax(QKᵀ)V of timm (reference)."""
+    `math`: the explicit softmax(QKᵀ)V of timm (reference); `xformers`: xformers'
+    memory_efficient_attention (CUDA only, the `gpu` extra)."""
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(f"model.attention={backend!r}; choose one of {ATTENTION_BACKENDS}")
+    if backend == "xformers":
+        check_xformers()
     for blk in backbone.blocks:
-        blk.attn.fused_attn = backend == "sdpa"
+        attn = blk.attn
+        attn.__dict__.pop("forward", None)  # undo a previous xformers binding
+        attn.fused_attn = backend == "sdpa"
+        if backend == "xformers":
+            attn.forward = types.MethodType(_xformers_attention_forward, attn)
 
 
 def build_backbone(
