@@ -52,6 +52,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from evals.run import resolve_checkpoint
+    from pretrain.export import export_checkpoint
+
+    out = export_checkpoint(resolve_checkpoint(args.checkpoint), args.out)
+    print(f"exported backbone to {out} (model.safetensors + config.json)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="equirecon", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -76,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", default=None, help="dataset root (default: the run's data.path)")
     ev.add_argument("overrides", nargs="*", help="key=value overrides of eval.* keys")
     ev.set_defaults(func=_cmd_eval)
+
+    ex = verbs.add_parser("export", help="export a checkpoint's backbone (safetensors, timm)")
+    ex.add_argument(
+        "--checkpoint", required=True, help="RUN_DIR/checkpoints/step_X (or .../latest)"
+    )
+    ex.add_argument("--out", required=True)
+    ex.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -50,6 +50,22 @@ def load_teacher_backbone(ckpt: str | Path, cfg: Config | None = None) -> tuple[
     return backbone.eval(), cfg
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from `step_X`, `checkpoints/latest` or a `checkpoints` folder."""
+    path = Path(path)
+    if path.name == "latest" or (path / "latest").is_file():
+        from pretrain.checkpoint import latest_checkpoint
+
+        root = path.parent if path.name == "latest" else path
+        found = latest_checkpoint(root)
+        if found is None:
+            raise FileNotFoundError(f"no complete checkpoint under {root}")
+        return found
+    if not (path / ".metadata").is_file():
+        raise FileNotFoundError(f"{path} is not a complete checkpoint directory (no .metadata)")
+    return path
+
+
 def checkpoint_step(ckpt: Path) -> int:
     m = STEP_RE.match(ckpt.name)
     if m is None:
@@ -124,15 +140,7 @@ def evaluate_checkpoint(
     Writes `RUN_DIR/evals/step_X.json` and logs the metrics into the run's MLflow run at the
     checkpoint's step.
     """
-    ckpt = Path(ckpt)
-    if ckpt.name == "latest" or (ckpt / "latest").is_file():
-        from pretrain.checkpoint import latest_checkpoint
-
-        root = ckpt.parent if ckpt.name == "latest" else ckpt
-        found = latest_checkpoint(root)
-        if found is None:
-            raise FileNotFoundError(f"no complete checkpoint under {root}")
-        ckpt = found
+    ckpt = resolve_checkpoint(ckpt)
     cfg = checkpoint_config(ckpt)
     if overrides:
         from equirecon.config import _set, parse_overrides

@@ -166,3 +166,39 @@ def test_torchrun_two_processes_ddp(tmp_path: Path, demo_data: Path, tracking_ur
 
     backbone, _ = load_teacher_backbone(final)
     assert all(torch.isfinite(p).all() for p in backbone.parameters())
+
+
+def test_export_loads_in_plain_timm_with_same_features(
+    tmp_path: Path, demo_data: Path, tracking_uri: str
+) -> None:
+    """`equirecon export` -> timm.create_model(..., pretrained_cfg_overlay=dict(file=...)) gives
+    the same features as the backbone our evaluation code loads from the checkpoint."""
+    import timm
+
+    from evals.run import load_teacher_backbone
+    from pretrain.export import load_exported_backbone
+
+    run_dir = tmp_path / "r"
+    Trainer(
+        make_cfg(run_dir, demo_data, tracking_uri, "train.max_steps=2", "model.num_registers=2")
+    ).fit()
+    out = tmp_path / "export"
+    proc = subprocess.run(
+        [sys.executable, "-m", "equirecon", "export", "--checkpoint", str(run_dir / "checkpoints" / "latest"), "--out", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((out / "config.json").read_text())
+    plain = timm.create_model(
+        meta["architecture"],
+        pretrained=True,
+        pretrained_cfg_overlay={"file": str(out / "model.safetensors")},
+        **meta["model_args"],
+    ).eval()
+    ours, _ = load_teacher_backbone(latest_checkpoint(run_dir / "checkpoints"))
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        ref = ours(x)
+        assert torch.allclose(plain.forward_features(x), ref, atol=1e-6)
+        assert torch.allclose(load_exported_backbone(out)(x), ref, atol=1e-6)
+    assert meta["num_prefix_tokens"] == 3 and meta["equirecon"]["step"] == 2

@@ -1,0 +1,97 @@
+"""Export a checkpoint's backbone as safetensors + config, loadable by plain timm.
+
+`OUT/model.safetensors` holds the timm VisionTransformer state dict of the teacher backbone
+(the student's for teacher-less methods); `OUT/config.json` holds the timm model name and the
+kwargs to build it, plus where it came from. Loading needs no equirecon code:
+
+    cfg = json.load(open(OUT / "config.json"))
+    model = timm.create_model(cfg["architecture"], pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(OUT / "model.safetensors")),
+                              **cfg["model_args"])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+
+from pretrain.models.backbone import ARCHS, Backbone
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def timm_model_args(backbone: Backbone, img_size: int) -> dict[str, Any]:
+    """kwargs that make `timm.create_model(name, **kwargs)` build this backbone's exact shape."""
+    vit = backbone.vit
+    reg = getattr(vit, "num_reg_tokens", 0)
+    args: dict[str, Any] = {
+        "img_size": img_size,
+        "patch_size": backbone.patch_size,
+        "embed_dim": backbone.embed_dim,
+        "depth": len(vit.blocks),
+        "num_heads": backbone.num_heads,
+        "num_classes": 0,
+        "dynamic_img_size": True,
+    }
+    if reg:
+        args["reg_tokens"] = reg
+    return args
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write `out/model.safetensors` and `out/config.json` for the checkpoint's backbone."""
+    from evals.run import checkpoint_step, load_teacher_backbone
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    backbone, cfg = load_teacher_backbone(checkpoint)
+    state = {k: v.detach().contiguous().cpu() for k, v in backbone.vit.state_dict().items()}
+    meta = {
+        "architecture": ARCHS[cfg.model.arch].timm_name,
+        "model_args": timm_model_args(backbone, cfg.data.global_size),
+        "num_prefix_tokens": backbone.num_prefix_tokens,
+        "equirecon": {
+            "arch": cfg.model.arch,
+            "method": cfg.method.name,
+            "recon_enabled": cfg.recon.enabled,
+            "recon_transform": cfg.recon.transform,
+            "checkpoint": str(checkpoint.resolve()),
+            "step": checkpoint_step(checkpoint),
+            "weights": "teacher backbone (student for teacher-less methods), before the split head",
+        },
+    }
+    tmp = out.with_name(f".{out.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+    (tmp / CONFIG).write_text(json.dumps(meta, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def load_exported_backbone(export_dir: str | Path) -> Backbone:
+    """Build the exported backbone with timm from its files alone (no training config)."""
+    import timm
+
+    export_dir = Path(export_dir)
+    cfg_path = export_dir / CONFIG
+    if not cfg_path.is_file():
+        raise FileNotFoundError(
+            f"{export_dir} has no {CONFIG}: not an `equirecon export` directory"
+        )
+    meta = json.loads(cfg_path.read_text())
+    vit = timm.create_model(
+        meta["architecture"],
+        pretrained=True,
+        pretrained_cfg_overlay={"file": str(export_dir / WEIGHTS)},
+        **meta["model_args"],
+    )
+    return Backbone(vit).eval()
