@@ -7,6 +7,9 @@ parameter of g, averaged over the parameters. Only h trains; features are extrac
 Our choices where the paper is silent: θ ~ U(ranges of the transform), targets are θ mapped to
 [-1, 1] per parameter, input features are standardized with the train mean/std, no
 normalization layers in h, `views_per_image` draws of θ per train image and one per test image.
+Model selection: `val_fraction` of the train images (with all their views) is held out and h is
+kept at the epoch with the best validation R² (epoch 0 = the untrained h is not a candidate), so
+a small train set makes h stop early instead of overfitting into a negative test R².
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ def equivariance_r2(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     views_per_image: int = 2,
+    val_fraction: float = 0.1,
     progress: bool = False,
 ) -> dict:
     """Fit h: [f(I); f(g_θ(I))] -> θ on train images and report R² on test images.
@@ -49,6 +53,7 @@ def equivariance_r2(
         batch_size: batch size of feature extraction and of h's training.
         device: where the features are extracted, g applied and h trained.
         views_per_image: θ draws per train image (each test image gets one).
+        val_fraction: share of train images held out to pick h's best epoch (0: last epoch).
         progress: show tqdm bars.
 
     Returns:
@@ -79,10 +84,18 @@ def equivariance_r2(
     y_train = transform.normalize_params(train_params)
     y_test = transform.normalize_params(test_params)
 
+    # Validation rows: the views of the last `val_fraction` of the train images.
+    n_val_images = int(round(n_train * val_fraction)) if n_train >= 10 else 0
+    val_rows = torch.zeros(x_train.shape[0], dtype=torch.bool)
+    if n_val_images:
+        val_rows.view(views_per_image, n_train)[:, n_train - n_val_images :] = True
+    val = (x_train[val_rows], y_train[val_rows]) if n_val_images else None
+    x_fit, y_fit = x_train[~val_rows], y_train[~val_rows]
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = _regressor(x_train.shape[1], hidden, transform.num_params)
-    head = _fit(head, x_train, y_train, generator, epochs, lr, batch_size, device, progress)
+    head = _fit(head, x_fit, y_fit, generator, epochs, lr, batch_size, device, progress, val)
     with torch.no_grad():
         pred = torch.cat([head(x.to(device)).cpu() for x in x_test.split(batch_size)])  # (M, P)
     per_param = _r2(pred, y_test)
@@ -144,11 +157,16 @@ def _fit(
     batch_size: int,
     device: torch.device | str,
     progress: bool,
+    val: tuple[Tensor, Tensor] | None = None,
 ) -> nn.Module:
-    """Train `head` on (x (n, F), y (n, P)) with Adam and MSE; returns it in eval mode."""
+    """Train `head` on (x (n, F), y (n, P)) with Adam and MSE; returns it in eval mode.
+
+    With `val`, the weights of the epoch with the best mean validation R² are returned.
+    """
     head = head.to(device).train()
     x, y = x.to(device), y.to(device)
     optimizer = torch.optim.Adam(head.parameters(), lr=lr, foreach=True)
+    best: tuple[float, dict[str, Tensor]] | None = None
     loop = range(epochs)
     if progress:
         from tqdm.auto import tqdm
@@ -161,6 +179,15 @@ def _fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        if val is not None:
+            with torch.no_grad():
+                head.eval()
+                score = float(_r2(head(val[0].to(device)).cpu(), val[1]).mean())
+                head.train()
+            if best is None or score > best[0]:
+                best = (score, {k: v.detach().clone() for k, v in head.state_dict().items()})
+    if best is not None:
+        head.load_state_dict(best[1])
     return head.eval()
 
 

@@ -8,18 +8,18 @@ import torch
 from torch import nn
 
 from data_pipeline.batch import Batch
-from data_pipeline.transforms import EquiTransform, build_transform
-from pretrain.losses import DINOClsLoss, IBOTPatchLoss, koleo_loss, recon_loss, sinkhorn_knopp
+from pretrain.losses import DINOClsLoss, IBOTPatchLoss, koleo_loss, sinkhorn_knopp
 from pretrain.methods.base import (
     Encoder,
     SSLMethod,
     StepOutput,
-    build_decoders,
+    build_encoder,
+    build_recon_decoders,
+    decode_views,
     make_teacher,
     register_method,
 )
-from pretrain.models.backbone import backbone_kwargs, build_backbone
-from pretrain.models.heads import DINOHead, SplitHead
+from pretrain.models.heads import DINOHead
 
 
 class DINOv2Student(nn.Module):
@@ -50,65 +50,62 @@ class DINOv2Student(nn.Module):
             l_inv, _ = self.encoder(local_crops)
             out["local_logits"] = self.head(l_inv[:, 0])
         if self.decoders is not None and g_equi is not None:
-            b = global_crops.shape[0] // 2
-            patches = g_equi[:, prefix:]
-            decoder_in = torch.cat([patches[:b], patches[b:]], dim=-1)  # [z1_equi ; z2_equi]
-            out["recon_preds"] = [dec(decoder_in) for dec in self.decoders]
+            out["recon_preds"] = decode_views(self.decoders, g_equi, prefix)
         return out
 
 
 @register_method("dinov2")
 class DINOv2(SSLMethod):
-    """DINOv2 on z_inv, L_recon on z_equi (DESIGN §1). `recon.enabled=false` is plain DINOv2."""
+    """DINOv2 on z_inv, L_recon on z_equi (DESIGN §1). `recon.enabled=false` is plain DINOv2.
+
+    Subclasses (iBOT) keep the student/teacher/EMA, masking and multi-crop structure and
+    override how teacher targets are made (`_teacher_targets`) and the SSL loss (`_ssl_loss`).
+    """
+
+    has_teacher = True
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()
         self.cfg = cfg
-        m, r = cfg.method, cfg.recon
-        backbone = build_backbone(**backbone_kwargs(cfg.model, cfg.data.global_size))
-        split_head = SplitHead(backbone.embed_dim, cfg.d_patch, cfg.d_equi) if r.enabled else None
-        encoder = Encoder(backbone, split_head)
+        m = cfg.method
+        encoder = build_encoder(cfg)
         head = DINOHead(encoder.out_dim, m.head_out_dim, m.head_hidden_dim, m.head_bottleneck_dim)
-        self.grid = cfg.data.global_size // backbone.patch_size
-        decoders = (
-            build_decoders(r.k, cfg.d_equi, cfg.data.global_size, self.grid, r.decoder_channels)
-            if r.enabled
-            else None
-        )
-        self.student = DINOv2Student(encoder, head, decoders)
+        self.grid = cfg.data.global_size // encoder.backbone.patch_size
+        self.student = DINOv2Student(encoder, head, build_recon_decoders(cfg, encoder))
         self.teacher = make_teacher(self.student)
-        self.transform: EquiTransform | None = (
-            build_transform(r.transform, cfg.data.global_size) if r.enabled else None
-        )
+        self.transform = self._build_transform()
         self.dino_loss = DINOClsLoss()
-        self.ibot_loss = IBOTPatchLoss(average_over="all_images")  # as DINOv2
-
-    @property
-    def backbone(self) -> nn.Module:
-        """The student backbone (the teacher's is `self.teacher.encoder.backbone`)."""
-        return self.student.encoder.backbone
+        self.ibot_loss = IBOTPatchLoss(average_over="all_images")  # as DINOv2 and iBOT
 
     @torch.no_grad()
     def _teacher_targets(
         self, global_crops: torch.Tensor, masks: torch.Tensor, teacher_temp: float
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Teacher probabilities: ([v1 CLS (B, K), v2 CLS (B, K)], masked patches (M, K))."""
         prefix = self.teacher.encoder.backbone.num_prefix_tokens
         z_inv, _ = self.teacher.encoder(global_crops)
         cls_probs = sinkhorn_knopp(self.teacher.head(z_inv[:, 0]), teacher_temp)
         patch_probs = sinkhorn_knopp(self.teacher.head(z_inv[:, prefix:][masks]), teacher_temp)
         return list(cls_probs.chunk(2)), patch_probs
 
-    def prepare_views(
-        self, batch: Batch, generator: torch.Generator
-    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
-        """Apply g_θ to u on the batch's device: returns ([v1; v2], targets u_k, θ)."""
-        v1, u = batch.global_crops[0], batch.global_crops[1]
-        if self.transform is None:
-            return torch.cat([v1, u]), [], None
-        theta = self.transform.sample(u.shape[0], generator=generator, device=u.device)
-        v2 = self.transform.apply(u, theta)
-        targets = self.transform.intermediates(u, theta, self.cfg.recon.k)
-        return torch.cat([v1, v2]), targets, theta
+    def _ssl_loss(
+        self,
+        out: dict[str, Any],
+        teacher_cls: list[torch.Tensor],
+        teacher_patch: torch.Tensor,
+        masks: torch.Tensor,
+        n_local: int,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """DINO CLS loss (global + local students) + iBOT patch loss + KoLeo, weighted."""
+        m = self.cfg.method
+        student_logits = list(out["global_logits"].chunk(2))
+        if "local_logits" in out:
+            student_logits += list(out["local_logits"].chunk(n_local))
+        dino = self.dino_loss(student_logits, teacher_cls, m.student_temp)
+        ibot = self.ibot_loss(out["masked_patch_logits"], teacher_patch, masks, m.student_temp)
+        koleo = sum(koleo_loss(c) for c in out["global_cls"].chunk(2))
+        loss = m.dino_weight * dino + m.ibot_weight * ibot + m.koleo_weight * koleo
+        return loss, {"dino": dino.detach(), "ibot": ibot.detach(), "koleo": koleo.detach()}
 
     def compute_losses(
         self,
@@ -118,35 +115,13 @@ class DINOv2(SSLMethod):
         generator: torch.Generator,
     ) -> StepOutput:
         """One forward of student (through `student_fn`, maybe DDP-wrapped) and teacher."""
-        m = self.cfg.method
-        b = batch.batch_size
         global_crops, targets, _ = self.prepare_views(batch, generator)
         masks = batch.masks.flatten(0, 1)  # (2B, N)
+        n_local = batch.local_crops.shape[0]
         local = batch.local_crops.flatten(0, 1) if batch.local_crops.numel() else None
         teacher_cls, teacher_patch = self._teacher_targets(global_crops, masks, teacher_temp)
         out = student_fn(global_crops, masks, local)
-
-        student_logits = list(out["global_logits"].chunk(2))
-        if "local_logits" in out:
-            student_logits += list(out["local_logits"].chunk(batch.local_crops.shape[0]))
-        dino = self.dino_loss(student_logits, teacher_cls, m.student_temp)
-        ibot = self.ibot_loss(out["masked_patch_logits"], teacher_patch, masks, m.student_temp)
-        koleo = sum(koleo_loss(c) for c in out["global_cls"].chunk(2))
-        loss_ssl = m.dino_weight * dino + m.ibot_weight * ibot + m.koleo_weight * koleo
-        terms = {"dino": dino.detach(), "ibot": ibot.detach(), "koleo": koleo.detach()}
-
-        loss_recon = None
-        loss_total = loss_ssl
-        if self.transform is not None:
-            loss_recon = recon_loss(out["recon_preds"], targets)
-            loss_total = loss_ssl + self.cfg.recon.lam * loss_recon
-        return StepOutput(
-            loss_total=loss_total,
-            loss_ssl=loss_ssl,
-            loss_recon=loss_recon,
-            terms=terms,
-            recon_inputs=batch.global_crops[1][: min(b, 8)].detach() if targets else None,
-            recon_targets=[t[:8].detach() for t in targets],
-            recon_preds=[p[:8].detach() for p in out.get("recon_preds", [])],
-            transformed=global_crops[b : b + min(b, 8)].detach() if targets else None,
+        loss_ssl, terms = self._ssl_loss(out, teacher_cls, teacher_patch, masks, n_local)
+        return self.finish_step(
+            loss_ssl, terms, out.get("recon_preds"), targets, batch, global_crops
         )
