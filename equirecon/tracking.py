@@ -10,6 +10,10 @@ import json
 import logging
 import math
 import os
+import shutil
+import threading
+import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +65,17 @@ class MetricsFile:
 
 
 class Tracker:
-    """MLflow run of one run directory. Create on rank 0 only; `enabled=False` makes it a no-op."""
+    """The MLflow run of one run directory, delivered from a background thread.
+
+    Create it on rank 0 only; `enabled=False` makes it a no-op. Training never waits for the
+    tracking server: every call is queued and a daemon thread delivers it in order. While the
+    server is unreachable, deliveries are retried with exponential backoff (1 s … 30 s) and
+    nothing is dropped; when it comes back the backlog is delivered. Whatever is still undelivered
+    at `finish(timeout)` is written to `RUN_DIR/mlflow_pending.jsonl` and delivered by the next
+    Tracker of the same run directory (a resumed or requeued job).
+    """
+
+    PENDING_FILE = "mlflow_pending.jsonl"
 
     def __init__(
         self,
@@ -70,57 +84,201 @@ class Tracker:
         experiment: str = "equirecon",
         run_name: str = "",
         enabled: bool = True,
+        max_backoff_s: float = 30.0,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.uri = resolve_tracking_uri(uri)
+        self.experiment = experiment
+        self.run_name = run_name or self.run_dir.name
+        self.max_backoff_s = max_backoff_s
         self.run_id: str | None = None
-        if not enabled:
-            return
-        self.client = _client(self.uri)
         id_file = self.run_dir / RUN_ID_FILE
         if id_file.is_file():
             self.run_id = id_file.read_text().strip()
-            self.client.update_run(self.run_id, status="RUNNING")
-            log.info("continuing MLflow run %s", self.run_id)
-        else:
-            exp = self.client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
-            run = self.client.create_run(exp_id, run_name=run_name or self.run_dir.name)
-            self.run_id = run.info.run_id
-            id_file.write_text(self.run_id + "\n")
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        if not self.enabled:
+        if not enabled:
             return
-        from mlflow.entities import Param
+        if self.uri.startswith(("http://", "https://")):
+            # Fail fast inside the delivery thread; the thread does the retrying.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        self.client = _client(self.uri)
+        self._queue: deque[tuple[str, Any]] = deque()
+        self._cond = threading.Condition()
+        self._busy = False
+        self._stop = False
+        self.outage_since: float | None = None
+        self.delivered = 0
+        self._artifact_dir = self.run_dir / ".mlflow_staging"
+        self._push("start_run", None)
+        self._load_pending()
+        self._thread = threading.Thread(
+            target=self._deliver_loop, name="mlflow-delivery", daemon=True
+        )
+        self._thread.start()
 
-        existing = self.client.get_run(self.run_id).data.params
-        new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
-        for i in range(0, len(new), 100):
-            self.client.log_batch(self.run_id, params=new[i : i + 100])
+    # ---- public API (all non-blocking) -----------------------------------------------------------
+    def log_params(self, params: dict[str, Any]) -> None:
+        if self.enabled:
+            self._push("params", {k: str(v) for k, v in params.items()})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
             return
-        import time
-
-        from mlflow.entities import Metric
-
         ts = int(time.time() * 1000)
-        batch = [
-            Metric(k, float(v), ts, step) for k, v in metrics.items() if math.isfinite(float(v))
-        ]
-        if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+        values = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+        if values:
+            self._push("metrics", {"step": step, "ts": ts, "values": values})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        if self.enabled:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        """Queue a copy of `path` (taken now, so later overwrites of the file don't matter)."""
+        if not self.enabled:
+            return
+        staged_dir = self._artifact_dir / str(time.time_ns())
+        staged_dir.mkdir(parents=True)
+        staged = staged_dir / Path(path).name
+        shutil.copy2(path, staged)
+        self._push("artifact", {"path": str(staged), "artifact_path": artifact_path})
 
-    def finish(self, status: str = "FINISHED") -> None:
-        if self.enabled:
-            self.client.set_terminated(self.run_id, status=status)
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued so far is delivered; False if `timeout` ran out."""
+        if not self.enabled:
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._queue or self._busy:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(timeout=remaining if remaining is not None else 1.0)
+        return True
+
+    def finish(self, status: str = "FINISHED", timeout: float = 60.0) -> None:
+        """Mark the run terminated, deliver the backlog (up to `timeout` s), persist the rest."""
+        if not self.enabled:
+            return
+        self._push("terminate", status)
+        delivered = self.flush(timeout)
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5.0)
+        if not delivered:
+            self._save_pending()
+            log.warning(
+                "MLflow at %s unreachable: %d records kept in %s for the next run",
+                self.uri,
+                len(self._queue),
+                self.run_dir / self.PENDING_FILE,
+            )
+
+    # ---- delivery ----------------------------------------------------------------------------
+    def _push(self, kind: str, payload: Any) -> None:
+        with self._cond:
+            self._queue.append((kind, payload))
+            self._cond.notify_all()
+
+    def _deliver_loop(self) -> None:
+        backoff = 1.0
+        while True:
+            with self._cond:
+                while not self._queue and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                kind, payload = self._queue[0]
+                self._busy = True
+            try:
+                self._deliver(kind, payload)
+            except Exception as e:  # noqa: BLE001 - any failure: keep the record, retry later
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+                if self.outage_since is None:
+                    self.outage_since = time.monotonic()
+                    log.warning(
+                        "MLflow delivery failed (%s: %s); retrying, training goes on",
+                        type(e).__name__,
+                        str(e)[:200],
+                    )
+                with self._cond:
+                    if self._stop:
+                        return
+                    self._cond.wait(timeout=backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+                continue
+            if self.outage_since is not None:
+                log.info(
+                    "MLflow reachable again after %.0f s", time.monotonic() - self.outage_since
+                )
+                self.outage_since = None
+            backoff = 1.0
+            with self._cond:
+                self._queue.popleft()
+                self.delivered += 1
+                self._busy = False
+                self._cond.notify_all()
+
+    def _deliver(self, kind: str, payload: Any) -> None:
+        from mlflow.entities import Metric, Param
+
+        if kind == "start_run":
+            self._start_run()
+            return
+        if self.run_id is None:  # pragma: no cover - start_run is always first
+            raise RuntimeError("no MLflow run yet")
+        if kind == "params":
+            existing = self.client.get_run(self.run_id).data.params
+            new = [Param(k, v) for k, v in payload.items() if k not in existing]
+            for i in range(0, len(new), 100):
+                self.client.log_batch(self.run_id, params=new[i : i + 100])
+        elif kind == "metrics":
+            step, ts = payload["step"], payload["ts"]
+            batch = [Metric(k, v, ts, step) for k, v in payload["values"].items()]
+            self.client.log_batch(self.run_id, metrics=batch)
+        elif kind == "artifact":
+            path = Path(payload["path"])
+            if not path.is_file():  # staged copy lost (e.g. run dir cleaned): nothing to send
+                log.warning("MLflow artifact %s vanished before delivery; skipped", path)
+                return
+            self.client.log_artifact(self.run_id, str(path), payload["artifact_path"])
+            shutil.rmtree(path.parent, ignore_errors=True)
+        elif kind == "terminate":
+            self.client.set_terminated(self.run_id, status=payload)
+        else:  # pragma: no cover
+            raise ValueError(kind)
+
+    def _start_run(self) -> None:
+        if self.run_id is not None:
+            self.client.update_run(self.run_id, status="RUNNING")
+            return
+        exp = self.client.get_experiment_by_name(self.experiment)
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
+        run = self.client.create_run(exp_id, run_name=self.run_name)
+        self.run_id = run.info.run_id
+        id_file = self.run_dir / RUN_ID_FILE
+        tmp = id_file.with_suffix(".tmp")
+        tmp.write_text(self.run_id + "\n")
+        os.replace(tmp, id_file)
+
+    def _save_pending(self) -> None:
+        path = self.run_dir / self.PENDING_FILE
+        records = [{"kind": k, "payload": p} for k, p in self._queue if k != "start_run"]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        os.replace(tmp, path)
+
+    def _load_pending(self) -> None:
+        path = self.run_dir / self.PENDING_FILE
+        if not path.is_file():
+            return
+        records = [json.loads(ln) for ln in path.read_text().splitlines() if ln]
+        path.unlink()  # back in the queue; saved again by finish() if still undelivered
+        for r in records:
+            if r["kind"] != "terminate":
+                self._queue.append((r["kind"], r["payload"]))
+        if records:
+            log.info("re-delivering %d MLflow records left by a previous job", len(records))
 
 
 def log_to_existing_run(
