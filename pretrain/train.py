@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from tqdm import tqdm
 
 from equirecon.config import Config, flat_dict, save_config, to_dict
 from equirecon.tracking import MetricsFile, Tracker
-from launch.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from launch.distributed import DistInfo, all_reduce_mean, all_reduce_min, barrier, init_distributed
 from pretrain.checkpoint import Checkpointer, latest_checkpoint
 from pretrain.meters import device_peak_flops, ssl_step_flops
 from pretrain.methods import build_method
@@ -69,7 +68,33 @@ def build_loader(cfg: Config, dist_info: DistInfo, patch_size: int):  # noqa: AN
         mask_prob=cfg.method.mask_prob,
         mask_ratio=cfg.method.mask_ratio,
         pin_memory=dist_info.device.type == "cuda",
+        augmentations=d.augmentations,
     )
+
+
+def _loss_terms(out: StepOutput) -> dict[str, float]:
+    terms = {"loss_total": out.loss_total, "loss_ssl": out.loss_ssl, **out.terms}
+    if out.loss_recon is not None:
+        terms["loss_recon"] = out.loss_recon
+    return {k: float(v.detach()) for k, v in terms.items()}
+
+
+def batch_statistics(batch) -> dict[str, Any]:  # noqa: ANN001 - Batch
+    """Min/max/mean/std of every tensor of a batch, and masked-patch counts (for diagnostics)."""
+    stats: dict[str, Any] = {}
+    for name in ("global_crops", "local_crops"):
+        t = getattr(batch, name).detach().float()
+        if t.numel():
+            stats[name] = {
+                "shape": list(t.shape),
+                "min": float(t.min()),
+                "max": float(t.max()),
+                "mean": float(t.mean()),
+                "std": float(t.std()),
+                "finite": bool(torch.isfinite(t).all()),
+            }
+    stats["masked_patches"] = int(batch.masks.sum())
+    return stats
 
 
 def transform_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -131,6 +156,9 @@ class Trainer:
         backbone = self.method.backbone
         self.loader = build_loader(cfg, self.dist, backbone.patch_size)
         self.step = 0
+        self.last_skip: dict[str, Any] | None = None
+        self.consecutive_skips = 0
+        self.skipped_steps = 0
         self.tracker: Tracker | None = None
         self.metrics_file = MetricsFile(self.run_dir / "metrics.jsonl")
         self.flops_per_image = ssl_step_flops(
@@ -195,6 +223,8 @@ class Trainer:
                 group["weight_decay"] = values["weight_decay"]
 
     def train_step(self, batch, values: dict[str, float]) -> StepOutput:  # noqa: ANN001 - Batch
+        """One update. A non-finite loss or gradient skips the update (all ranks agree) and
+        sets `self.last_skip` to a description of the offending terms."""
         cfg = self.cfg
         self._apply_schedules(values)
         gen = transform_generator(cfg.train.seed, self.dist.rank, self.step)
@@ -206,9 +236,24 @@ class Trainer:
         with autocast:
             out = self.method.compute_losses(self.student_fn, batch, values["teacher_temp"], gen)
         self.optimizer.zero_grad(set_to_none=True)
+        self.last_skip = None
+        # One flag for all ranks (a skipped step must be skipped everywhere, or DDP deadlocks).
+        finite = all_reduce_min(torch.isfinite(out.loss_total.detach()).float())
+        if finite.item() < 1:
+            self.last_skip = {"reason": "non-finite loss", **_loss_terms(out)}
+            return out
         out.loss_total.backward()
-        if cfg.train.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(self.method.student.parameters(), cfg.train.clip_grad)
+        params = [p for p in self.method.student.parameters() if p.grad is not None]
+        max_norm = cfg.train.clip_grad if cfg.train.clip_grad > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.last_skip = {
+                "reason": "non-finite gradient",
+                "grad_norm": float(grad_norm),
+                **_loss_terms(out),
+            }
+            return out
         self.optimizer.step()
         self.method.update_teacher(values["momentum"])
         return out
@@ -254,6 +299,10 @@ class Trainer:
             t_data = time.perf_counter() - t0
             values = self.schedules.at(self.step)
             out = self.train_step(batch, values)
+            if self.last_skip is not None:
+                self._handle_nonfinite(batch)
+            else:
+                self.consecutive_skips = 0
             self.step += 1
             now = time.perf_counter()
             step_time, t_prev = now - t_prev, now
@@ -263,8 +312,6 @@ class Trainer:
                     loss=f"{last['train/loss_total']:.3f}", img_s=f"{last['train/img_per_s']:.0f}"
                 )
             bar.update(1)
-            if not math.isfinite(last.get("train/loss_total", 0.0)):
-                raise FloatingPointError(f"non-finite loss at step {self.step}: {last}")
             if self.step % cfg.checkpoint.every_steps == 0 and self.step < end:
                 self.save_checkpoint()
             if cfg.recon.log_images_every and self.step % cfg.recon.log_images_every == 0:
@@ -276,6 +323,37 @@ class Trainer:
         if self.tracker is not None:
             self.tracker.finish("FINISHED" if self.step >= total else "KILLED")
         return last
+
+    def _handle_nonfinite(self, batch) -> None:  # noqa: ANN001 - Batch
+        """Count a skipped step; after `train.max_nonfinite_steps` in a row, stop with a diagnostic."""
+        self.consecutive_skips += 1
+        self.skipped_steps += 1
+        info = {"step": self.step + 1, "consecutive": self.consecutive_skips, **self.last_skip}
+        log.warning("step %d skipped: %s", self.step + 1, json.dumps(info))
+        if self.dist.is_main:
+            skipped = {"train/nonfinite_skipped": float(self.skipped_steps)}
+            self.metrics_file.append(self.step + 1, skipped)
+            if self.tracker is not None:
+                self.tracker.log_metrics(skipped, self.step + 1)
+        if self.consecutive_skips < self.cfg.train.max_nonfinite_steps:
+            return
+        # No update was applied by the skipped steps: the current state is the last good one.
+        path = self.save_checkpoint()
+        diag = {
+            **info,
+            "batch": batch_statistics(batch),
+            "checkpoint": str(path),
+            "rank": self.dist.rank,
+        }
+        diag_path = self.run_dir / f"nonfinite_step_{self.step + 1:08d}_rank{self.dist.rank}.json"
+        diag_path.write_text(json.dumps(diag, indent=1))
+        if self.tracker is not None:
+            self.tracker.finish("FAILED")
+        raise FloatingPointError(
+            f"{self.consecutive_skips} consecutive non-finite steps (last: step {self.step + 1}, "
+            f"{self.last_skip['reason']}; terms {self.last_skip}). Diagnostic: {diag_path}; "
+            f"last good state saved in {path}"
+        )
 
     def _log_step(
         self,
