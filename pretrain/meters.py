@@ -43,3 +43,12 @@ def ssl_step_flops(
     g = vit_forward_flops(embed_dim, depth, (global_size // patch_size) ** 2 + prefix_tokens)
     loc = vit_forward_flops(embed_dim, depth, (local_size // patch_size) ** 2 + prefix_tokens)
     return 3 * (2 * g + n_local * loc) + 2 * g
+
+
+def max_memory_gb(device: torch.device) -> float:
+    """Peak memory so far: CUDA allocator peak on GPU, the process's peak RSS on CPU (GiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux

@@ -21,7 +21,7 @@ from equirecon.config import Config, flat_dict, save_config, to_dict
 from equirecon.tracking import MetricsFile, Tracker
 from launch.distributed import DistInfo, all_reduce_mean, all_reduce_min, barrier, init_distributed
 from pretrain.checkpoint import Checkpointer, latest_checkpoint
-from pretrain.meters import device_peak_flops, ssl_step_flops
+from pretrain.meters import device_peak_flops, max_memory_gb, ssl_step_flops
 from pretrain.methods import build_method
 from pretrain.methods.base import SSLMethod, StepOutput
 from pretrain.schedules import build_schedules
@@ -382,6 +382,7 @@ class Trainer:
             "train/img_per_s": global_batch / max(step_time, 1e-9),
             "train/data_wait_frac": min(t_data / max(step_time, 1e-9), 1.0),
         }
+        metrics["train/max_mem_gb"] = max_memory_gb(self.device)
         achieved = self.flops_per_image * global_batch / max(step_time, 1e-9)
         metrics["train/tflops"] = achieved / 1e12
         if self.peak_flops is not None:
