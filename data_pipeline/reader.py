@@ -626,6 +626,7 @@ def build_train_loader(
     with_labels: bool = False,
     pin_memory: bool = False,
     shuffle_buffer: int = 1000,
+    augmentations: str = "all",
 ) -> TrainLoader:
     """The training reader of one rank.
 
@@ -649,6 +650,8 @@ def build_train_loader(
         with_labels: read ``cls`` labels (samples without one are skipped).
         pin_memory: pin batches (only when CUDA is available).
         shuffle_buffer: samples in each worker's shuffle buffer.
+        augmentations: ``"all"`` (the base method's) or ``"rot"`` (random rotations only), see
+            :class:`~data_pipeline.augment.MultiCropAugmentation`.
 
     Returns:
         An infinite, exactly resumable iterable of :class:`Batch` with global crops
@@ -663,7 +666,9 @@ def build_train_loader(
         num_workers=num_workers,
         shuffle_buffer=shuffle_buffer,
     )
-    augment = MultiCropAugmentation(global_size, local_size, n_local, global_scale, local_scale)
+    augment = MultiCropAugmentation(
+        global_size, local_size, n_local, global_scale, local_scale, augmentations=augmentations
+    )
     return TrainLoader(
         stream,
         augment,

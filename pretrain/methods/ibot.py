@@ -1,0 +1,77 @@
+"""iBOT (Zhou et al. 2022): DINO CLS loss + masked-patch self-distillation, centered teacher."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pretrain.losses import RunningCenter
+from pretrain.methods.base import register_method
+from pretrain.methods.dinov2 import DINOv2
+
+
+@register_method("ibot")
+class IBOT(DINOv2):
+    """iBOT on z_inv, L_recon on z_equi. `recon.enabled=false` is plain iBOT.
+
+    Same student/teacher/EMA, block masking, multi-crop and shared head (CLS and patch tokens,
+    `method.head_out_dim` prototypes) as DINOv2 here, but the teacher's outputs are centered with
+    running means instead of Sinkhorn-Knopp, and there is no KoLeo:
+
+    - teacher probabilities = softmax((logits − center) / teacher_temp), one center for CLS
+      logits and one for patch logits (iBOT's ``center`` / ``center2``); both are buffers of
+      the teacher (``teacher.cls_center.center``, ``teacher.patch_center.center``, saved in
+      checkpoints), updated with momentum `method.center_momentum` from the batch mean of the
+      teacher logits (all CLS tokens; all patch tokens), all-reduced across ranks, after the
+      targets of the step are made;
+    - CLS loss: every student crop (globals, then locals) against every teacher global crop of
+      a different view (`method.dino_weight`);
+    - patch loss: masked patches of a global view against the teacher's patches of the same
+      view, mean per image, averaged over all images (`method.ibot_weight`).
+
+    The scheduled teacher temperature is used for both CLS and patch targets.
+    """
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        m = cfg.method
+        self.teacher.add_module("cls_center", RunningCenter(m.head_out_dim, m.center_momentum))
+        self.teacher.add_module("patch_center", RunningCenter(m.head_out_dim, m.center_momentum))
+
+    @torch.no_grad()
+    def _teacher_targets(
+        self, global_crops: torch.Tensor, masks: torch.Tensor, teacher_temp: float
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Centered teacher probabilities ([v1 CLS, v2 CLS] (B, K) each, masked patches (M, K)).
+
+        Also updates both centers with this step's teacher logits.
+        """
+        teacher = self.teacher
+        prefix = teacher.encoder.backbone.num_prefix_tokens
+        z_inv, _ = teacher.encoder(global_crops)
+        cls_logits = teacher.head(z_inv[:, 0])  # (2B, K)
+        patch_logits = teacher.head(z_inv[:, prefix:])  # (2B, N, K): all patches, for the center
+        cls_probs = teacher.cls_center.probs(cls_logits, teacher_temp)
+        patch_probs = teacher.patch_center.probs(patch_logits[masks], teacher_temp)
+        teacher.cls_center.update(cls_logits)
+        teacher.patch_center.update(patch_logits)
+        return list(cls_probs.chunk(2)), patch_probs
+
+    def _ssl_loss(
+        self,
+        out: dict[str, Any],
+        teacher_cls: list[torch.Tensor],
+        teacher_patch: torch.Tensor,
+        masks: torch.Tensor,
+        n_local: int,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """iBOT: weighted CLS (DINO) loss + masked-patch loss; no KoLeo."""
+        m = self.cfg.method
+        student_logits = list(out["global_logits"].chunk(2))
+        if "local_logits" in out:
+            student_logits += list(out["local_logits"].chunk(n_local))
+        cls = self.dino_loss(student_logits, teacher_cls, m.student_temp)
+        patch = self.ibot_loss(out["masked_patch_logits"], teacher_patch, masks, m.student_temp)
+        loss = m.dino_weight * cls + m.ibot_weight * patch
+        return loss, {"cls": cls.detach(), "patch": patch.detach()}
