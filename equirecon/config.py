@@ -14,6 +14,9 @@ from typing import Any
 
 import yaml
 
+# data.augmentations: the base augmentations ("all") or only random rotations ("rot").
+AUGMENTATION_MODES = ("all", "rot")
+
 # Per-method defaults of the split head (DESIGN §1.5).
 SPLIT_DEFAULTS = {
     "dinov2": (2048, 512),
@@ -39,6 +42,9 @@ class DataConfig:
     n_local: int = 8
     global_scale: tuple[float, float] = (0.32, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.32)
+    # all: the base method's full augmentations; rot: none but a random rotation of each crop
+    # (the paper's "augmentation" axis, see data_pipeline.augment.MultiCropAugmentation).
+    augmentations: str = "all"
 
 
 @dataclass
@@ -68,6 +74,19 @@ class MethodConfig:
     koleo_weight: float = 0.1
     mask_prob: float = 0.5
     mask_ratio: tuple[float, float] = (0.1, 0.5)
+    # iBOT: momentum of the running centers of the teacher's CLS and patch logits.
+    center_momentum: float = 0.9
+    # VICReg: width of the 3-layer expander and the loss weights (invariance, variance, cov.).
+    expander_dim: int = 2048
+    vicreg_sim_weight: float = 25.0
+    vicreg_var_weight: float = 25.0
+    vicreg_cov_weight: float = 1.0
+    # SimCLR: projector (hidden -> out) and NT-Xent temperature.
+    projector_dim: int = 256
+    projector_hidden_dim: int = 2048
+    simclr_temperature: float = 0.1
+    # VICReg/SimCLR: BatchNorm -> SyncBatchNorm in the projector with several CUDA ranks.
+    sync_batchnorm: bool = True
 
 
 @dataclass
@@ -105,6 +124,9 @@ class TrainConfig:
     momentum_teacher_end: float = 1.0
     clip_grad: float = 3.0
     log_every: int = 1
+    # A step whose loss or gradient is not finite is skipped (no update); after this many
+    # consecutive skips the run stops with a diagnostic and a checkpoint of the last good state.
+    max_nonfinite_steps: int = 5
 
 
 @dataclass
@@ -122,14 +144,48 @@ class TrackingConfig:
 
 @dataclass
 class EvalConfig:
+    """The frozen-backbone evaluations (evals/): which tasks, on what data, at what size.
+
+    The defaults are a quick pass sized for every checkpoint (about 2 minutes for all five task
+    families on the CPU demo model); raise the image counts and epochs for final numbers.
+    """
+
     data: str = ""  # "" -> data.path
-    tasks: str = "equivariance,knn"
-    equivariance_transforms: str = "rotation"
+    tasks: str = "equivariance,knn,linear,homography,segmentation"  # or "all"
     img_size: int | None = None  # None: data.global_size
-    max_train_images: int = 2000
-    max_test_images: int = 800
-    r2_epochs: int = 30
+    seed: int = 0  # θ draws, splits, head initializations, batch order
+    pooling: str = "cls+mean"  # global feature: cls | cls+mean | mean
+    batch_size: int = 256  # images per feature-extraction batch
+    # Equivariance R² (natural subset): transforms, images, views, the MLP h.
+    equivariance_transforms: str = "rotation,translation,se2,color,blur"
+    max_train_images: int = 256
+    max_test_images: int = 128
+    r2_views: int = 2
+    r2_epochs: int = 20
+    r2_hidden: int = 1024
+    # kNN and linear probe (labelled subset; val used as test). 0: every image.
+    labelled_train_images: int = 2000
+    labelled_test_images: int = 1000
     knn_k: int = 20
+    linear_lrs: str = "0.001,0.01,0.1,1.0"
+    linear_epochs: int = 50
+    linear_val_fraction: float = 0.1
+    # Homography (natural subset; val photos held out); rho: corner offset / image side.
+    homography_train_images: int = 400
+    homography_test_images: int = 200
+    homography_views: int = 2
+    homography_rho: float = 0.25
+    homography_epochs: int = 20
+    homography_channels: int = 64
+    # Linear segmentation (segmentation subset). 0: every scene.
+    segmentation_train_images: int = 600
+    segmentation_test_images: int = 200
+    segmentation_epochs: int = 20
+    segmentation_lr: float = 0.01
+    # Watch RUN_DIR/checkpoints while pretraining (rank 0 starts `equirecon eval watch`).
+    watch: bool = False
+    watch_poll_seconds: float = 30.0
+    watch_timeout_min: int = 240  # per eval job
 
 
 @dataclass
@@ -256,6 +312,24 @@ def validate(cfg: Config) -> None:
     if cfg.method.name not in SPLIT_DEFAULTS:
         raise ConfigError(
             f"method.name={cfg.method.name!r}; choose one of {sorted(SPLIT_DEFAULTS)}"
+        )
+    if cfg.data.augmentations not in AUGMENTATION_MODES:
+        raise ConfigError(
+            f"data.augmentations={cfg.data.augmentations!r}; choose one of {AUGMENTATION_MODES}"
+        )
+    m = cfg.method
+    if not 0.0 <= m.center_momentum < 1.0:
+        raise ConfigError(f"method.center_momentum must be in [0, 1), got {m.center_momentum}")
+    if m.simclr_temperature <= 0:
+        raise ConfigError(f"method.simclr_temperature must be > 0, got {m.simclr_temperature}")
+    if min(m.expander_dim, m.projector_dim, m.projector_hidden_dim) < 1:
+        raise ConfigError(
+            "method.expander_dim, method.projector_dim and method.projector_hidden_dim must be >= 1"
+        )
+    if m.name in ("vicreg", "simclr") and cfg.train.batch_size < 2:
+        raise ConfigError(
+            f"method.name={m.name} needs train.batch_size >= 2 (batch statistics), "
+            f"got {cfg.train.batch_size}"
         )
     if cfg.data.backend not in ("torch", "dali"):
         raise ConfigError(f"data.backend={cfg.data.backend!r}; choose torch or dali")
