@@ -36,7 +36,9 @@ def test_registry_lists_required_archs_and_rejects_unknown() -> None:
 
 def _tiny(**kw: object) -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_backbone("vit_tiny", img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, **kw).eval()
+    return build_backbone(
+        "vit_tiny", img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, **kw
+    ).eval()
 
 
 def test_sdpa_and_math_attention_give_the_same_outputs() -> None:
