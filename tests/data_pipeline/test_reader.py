@@ -232,6 +232,30 @@ def test_exact_resume(dataset: Path, num_workers: int) -> None:
             assert torch.equal(got.masks, want.masks)
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_exact_resume_world_size_two(dataset: Path, num_workers: int) -> None:
+    """Each rank of a 2-rank world resumes exactly where it stopped (across an epoch end), and
+    the two ranks' resumed streams stay disjoint."""
+    seen: list[set[str]] = []
+    for rank in (0, 1):
+        opts = {"rank": rank, "world_size": 2, "num_workers": num_workers, "batch_size": 4}
+        per_epoch = _loader(dataset, **opts).batches_per_epoch()
+        total = per_epoch + 3
+        reference, reference_keys = _take(_loader(dataset, **opts), total)
+        k = per_epoch - 1
+        interrupted = _loader(dataset, **opts)
+        _take(interrupted, k)
+        resumed = _loader(dataset, **opts)
+        resumed.load_state_dict(json.loads(json.dumps(interrupted.state_dict())))
+        batches, keys = _take(resumed, total - k)
+        assert keys == reference_keys[k:]
+        for got, want in zip(batches, reference[k:]):
+            assert torch.equal(got.global_crops, want.global_crops)
+            assert torch.equal(got.masks, want.masks)
+        seen.append({key for batch in reference_keys[:per_epoch] for key in batch})
+    assert not seen[0] & seen[1]
+
+
 def test_resume_with_other_worker_count_warns(dataset: Path) -> None:
     loader = _loader(dataset)
     _take(loader, 2)
