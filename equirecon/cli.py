@@ -12,10 +12,26 @@ def _cmd_data(args: argparse.Namespace) -> int:
     if args.data_cmd == "build-demo":
         from data_pipeline.demo import build_demo
 
-        manifest = build_demo(args.out, seed=args.seed)
-        counts = manifest.get("counts", {})
+        manifest = build_demo(args.out, seed=args.seed, segmentation=not args.no_segmentation)
+        counts = dict(manifest.get("counts", {}))
+        if manifest.get("segmentation"):
+            counts["segmentation"] = manifest["segmentation"]["counts"]
         print(f"demo shards in {args.out}: {json.dumps(counts)}")
         return 0
+    if args.data_cmd == "build":
+        from data_pipeline.build import build_shards
+
+        entry = build_shards(
+            args.src,
+            args.out,
+            labels=args.labels,
+            shard_size_mb=args.shard_size_mb,
+            workers=args.workers,
+            subset=args.subset,
+            split=args.split,
+            seed=args.seed,
+        )
+        return 0 if entry["num_samples"] > 0 else 1
     raise SystemExit(f"unknown data command {args.data_cmd!r}")
 
 
@@ -37,18 +53,85 @@ def format_table(rows: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from evals.run import evaluate_checkpoint
-
+def _log_setup() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
-    result = evaluate_checkpoint(
-        args.checkpoint, tasks=tasks, data=args.data, overrides=args.overrides
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from evals.run import evaluate_checkpoint, evaluate_export
+
+    _log_setup()
+    common = dict(
+        tasks=args.tasks or None,
+        overrides=args.overrides,
+        floor=args.floor,
+        out=args.out,
+        device=args.device,
+        config=args.config,
+        progress=args.progress,
     )
-    print(f"checkpoint {result['checkpoint']} (step {result['step']}):")
+    if args.export:
+        if not args.data:
+            raise SystemExit("eval --export needs --data DIR (an export has no training config)")
+        result = evaluate_export(args.export, data=args.data, **common)
+        what = f"export {result['export']}"
+    else:
+        result = evaluate_checkpoint(
+            args.checkpoint, data=args.data, log_mlflow=not args.no_mlflow, **common
+        )
+        what = f"checkpoint {result['checkpoint']} (step {result['step']})"
+    floor = f", floor {args.floor}" if args.floor else ""
+    print(f"{what}{floor}: {result['seconds']:.1f}s")
     print(format_table(result["metrics"]))
+    print(
+        "seconds per task: " + ", ".join(f"{k} {v:.1f}" for k, v in result["task_seconds"].items())
+    )
+    if result.get("path"):
+        print(f"results: {result['path']}")
+    return 0
+
+
+def _cmd_eval_watch(args: argparse.Namespace) -> int:
+    from evals.watch import format_state, load_eval_fn, watch
+
+    _log_setup()
+    options = {
+        "timeout_min": args.timeout_min,
+        "partition": args.partition,
+        "cpus_per_task": args.cpus_per_task,
+        "gpus_per_node": args.gpus_per_node,
+        "mem_gb": args.mem_gb,
+        "account": args.account,
+    }
+    state = watch(
+        args.run_dir,
+        executor=args.executor,
+        poll_seconds=args.poll_seconds,
+        once=args.once,
+        eval_fn=load_eval_fn(args.eval_fn) if args.eval_fn else None,
+        handle_signals=True,
+        overrides=args.overrides,
+        max_attempts=args.max_attempts,
+        max_parallel=args.max_parallel,
+        executor_options=options,
+        parent_pid=args.stop_with_parent,
+    )
+    print(format_state(state))
+    failed = [n for n, e in state["checkpoints"].items() if e["state"] == "failed"]
+    return 1 if failed else 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from evals.report import build_report
+
+    _log_setup()
+    report = build_report(args.run_dirs, out=args.out, log_mlflow=not args.no_mlflow)
+    print(report["markdown"])
+    print(f"report written to {report['out']} ({len(report['plots'])} plots)")
+    if report.get("mlflow_run_id"):
+        print(f"logged to MLflow run {report['mlflow_run_id']}")
     return 0
 
 
@@ -70,6 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo = data_cmds.add_parser("build-demo", help="offline demo shards from bundled real images")
     demo.add_argument("--out", required=True)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--no-segmentation", action="store_true", help="skip the segmentation scenes subset"
+    )
+    build = data_cmds.add_parser(
+        "build", help="WebDataset shards + DALI indexes from image folders (resumable)"
+    )
+    build.add_argument("--src", required=True, help="folder or glob of JPEG/PNG/WebP images")
+    build.add_argument("--out", required=True, help="dataset root (manifest.json, shards)")
+    build.add_argument("--labels", choices=("folder", "none"), default="none")
+    build.add_argument("--shard-size-mb", type=float, default=256.0)
+    build.add_argument("--workers", type=int, default=1, help="parallel processes")
+    build.add_argument("--subset", default="natural", help="natural (pretraining) | labelled")
+    build.add_argument("--split", default="train")
+    build.add_argument("--seed", type=int, default=0, help="seed of the file order")
     data.set_defaults(func=_cmd_data)
 
     pre = verbs.add_parser("pretrain", help="pretrain (single process, torchrun or Slurm)")
@@ -77,14 +174,59 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=10")
     pre.set_defaults(func=_cmd_pretrain)
 
-    ev = verbs.add_parser("eval", help="evaluate a checkpoint")
-    ev.add_argument(
-        "--checkpoint", required=True, help="RUN_DIR/checkpoints/step_X (or .../latest)"
+    ev = verbs.add_parser(
+        "eval",
+        help="evaluate a checkpoint or an export (`eval watch RUN_DIR`: every checkpoint)",
+        epilog="`equirecon eval watch RUN_DIR …` evaluates each new checkpoint of a run "
+        "(see `equirecon eval watch --help`).",
     )
-    ev.add_argument("--tasks", default="", help="comma-separated: equivariance,knn")
+    source = ev.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="RUN_DIR/checkpoints/step_X (or .../latest)")
+    source.add_argument("--export", help="an `equirecon export` directory (needs --data)")
+    ev.add_argument(
+        "--tasks",
+        default="",
+        help="comma-separated, or all: equivariance,knn,linear,homography,segmentation "
+        "(default: eval.tasks)",
+    )
     ev.add_argument("--data", default=None, help="dataset root (default: the run's data.path)")
+    ev.add_argument(
+        "--floor",
+        choices=["pixels", "random"],
+        default=None,
+        help="evaluate a floor instead: raw pixels or a random-init ViT of the same shape",
+    )
+    ev.add_argument("--out", default=None, help="results JSON (default: RUN_DIR/evals/…)")
+    ev.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
+    ev.add_argument("--config", default=None, help="take eval.* settings from this YAML config")
+    ev.add_argument("--no-mlflow", action="store_true", help="write the JSON file only")
+    ev.add_argument("--progress", action="store_true", help="show progress bars")
     ev.add_argument("overrides", nargs="*", help="key=value overrides of eval.* keys")
     ev.set_defaults(func=_cmd_eval)
+
+    # `equirecon eval watch …` is routed here by `main` (argparse cannot mix it with the
+    # positional overrides of `eval`).
+    wa = verbs.add_parser("eval-watch", prog="equirecon eval watch", help=argparse.SUPPRESS)
+    wa.add_argument("run_dir", help="the run directory (holds checkpoints/)")
+    wa.add_argument("--executor", choices=["local", "slurm"], default="local")
+    wa.add_argument("--poll-seconds", type=float, default=30.0)
+    wa.add_argument("--once", action="store_true", help="evaluate what is there, wait for it, exit")
+    wa.add_argument("--max-attempts", type=int, default=2, help="tries per checkpoint")
+    wa.add_argument(
+        "--max-parallel", type=int, default=None, help="jobs at once (1 local, 8 slurm)"
+    )
+    wa.add_argument("--timeout-min", type=int, default=240, help="time limit per eval job")
+    wa.add_argument("--partition", default=None, help="Slurm partition")
+    wa.add_argument("--cpus-per-task", type=int, default=None, help="Slurm CPUs per eval job")
+    wa.add_argument("--gpus-per-node", type=int, default=None, help="Slurm GPUs per eval job")
+    wa.add_argument("--mem-gb", type=float, default=None, help="Slurm memory per eval job")
+    wa.add_argument("--account", default=None, help="Slurm account")
+    wa.add_argument(
+        "--eval-fn", default=None, help="module:function evaluating one checkpoint path"
+    )
+    wa.add_argument("--stop-with-parent", type=int, default=None, help=argparse.SUPPRESS)
+    wa.add_argument("overrides", nargs="*", help="eval.* overrides for every eval job")
+    wa.set_defaults(func=_cmd_eval_watch)
 
     ex = verbs.add_parser("export", help="export a checkpoint's backbone (safetensors, timm)")
     ex.add_argument(
@@ -92,10 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--out", required=True)
     ex.set_defaults(func=_cmd_export)
+
+    rep = verbs.add_parser("report", help="tables and plots of the eval metrics of runs")
+    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    rep.add_argument("--out", default=None, help="output folder (default: reports/<timestamp>)")
+    rep.add_argument("--no-mlflow", action="store_true", help="do not log a report run")
+    rep.set_defaults(func=_cmd_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["eval", "watch"]:
+        argv = ["eval-watch", *argv[2:]]
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -158,8 +158,8 @@ class EvalConfig:
     batch_size: int = 256  # images per feature-extraction batch
     # Equivariance R² (natural subset): transforms, images, views, the MLP h.
     equivariance_transforms: str = "rotation,translation,se2,color,blur"
-    max_train_images: int = 256
-    max_test_images: int = 128
+    max_train_images: int = 768
+    max_test_images: int = 256
     r2_views: int = 2
     r2_epochs: int = 20
     r2_hidden: int = 1024
@@ -173,13 +173,14 @@ class EvalConfig:
     # Homography (natural subset; val photos held out); rho: corner offset / image side.
     homography_train_images: int = 400
     homography_test_images: int = 200
-    homography_views: int = 2
+    homography_views: int = 4
     homography_rho: float = 0.25
-    homography_epochs: int = 20
-    homography_channels: int = 64
+    homography_epochs: int = 15
+    homography_channels: int = 32
+    homography_lr: float = 0.001
     # Linear segmentation (segmentation subset). 0: every scene.
-    segmentation_train_images: int = 600
-    segmentation_test_images: int = 200
+    segmentation_train_images: int = 1200
+    segmentation_test_images: int = 400
     segmentation_epochs: int = 20
     segmentation_lr: float = 0.01
     # Watch RUN_DIR/checkpoints while pretraining (rank 0 starts `equirecon eval watch`).

@@ -1,31 +1,85 @@
-"""Evaluate one checkpoint: load the teacher backbone, run the tasks, write JSON and MLflow."""
+"""Evaluate a frozen backbone: a checkpoint, an exported model or a floor, on every task family.
+
+Tasks (metric names as in DESIGN §5):
+- equivariance: `eval/equivariance/<transform>_r2` (evals/equivariance.py)
+- knn: `eval/knn/top1` (evals/knn.py)
+- linear: `eval/linear/top1` (evals/linear.py)
+- homography: `eval/homography/mce` (evals/homography.py)
+- segmentation: `eval/segmentation/miou` (evals/segmentation.py)
+
+A checkpoint's results go to `RUN_DIR/evals/step_XXXXXXXX.json` and into the run's MLflow run at
+the checkpoint's step; a floor's to `RUN_DIR/evals/floor_<name>.json` (files only).
+"""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import logging
-import os
+import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from equirecon.config import Config, load_config
+from equirecon.config import Config, EvalConfig, load_config
 from equirecon.tracking import log_to_existing_run
+from evals.providers import FLOORS, FeatureProvider, build_provider
+from evals.results import floor_result_path, step_result_path, write_json_atomic
 from pretrain.checkpoint import STEP_RE, Checkpointer
 from pretrain.models.backbone import Backbone, backbone_kwargs, build_backbone
 
 log = logging.getLogger("equirecon.eval")
 
-TASKS = ("equivariance", "knn")
+# eval.* values that were the defaults before the five task families existed. A checkpoint
+# config written then (its eval section has no `seed` key) gets today's default where it still
+# holds the old one, so old runs are evaluated with today's protocol.
+_LEGACY_EVAL_DEFAULTS: dict[str, Any] = {
+    "tasks": "equivariance,knn",
+    "equivariance_transforms": "rotation",
+    "max_train_images": 2000,
+    "max_test_images": 800,
+    "r2_epochs": 30,
+}
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def upgrade_legacy_eval(raw_eval: dict[str, Any], eval_cfg: EvalConfig) -> list[str]:
+    """Replace pre-harness eval defaults in `eval_cfg` (see `_LEGACY_EVAL_DEFAULTS`); returns the
+    keys changed. `raw_eval` is the eval section as written in the config file."""
+    if "seed" in raw_eval:
+        return []
+    today = EvalConfig()
+    changed = []
+    for key, old in _LEGACY_EVAL_DEFAULTS.items():
+        if raw_eval.get(key) == old and getattr(today, key) != old:
+            setattr(eval_cfg, key, getattr(today, key))
+            changed.append(key)
+    return changed
 
 
 def checkpoint_config(ckpt: Path) -> Config:
     """The resolved config saved with a checkpoint (or its run directory)."""
     for candidate in (ckpt / "config.yaml", ckpt.parent.parent / "config.yaml"):
         if candidate.is_file():
-            return load_config(candidate)
+            cfg = load_config(candidate)
+            raw = (yaml.safe_load(candidate.read_text()) or {}).get("eval") or {}
+            changed = upgrade_legacy_eval(raw, cfg.eval)
+            if changed:
+                log.info(
+                    "%s predates the current eval protocol: using today's defaults for eval.%s",
+                    candidate,
+                    ", eval.".join(changed),
+                )
+            return cfg
     raise FileNotFoundError(f"no config.yaml in {ckpt} or its run directory {ckpt.parent.parent}")
 
 
@@ -73,102 +127,381 @@ def checkpoint_step(ckpt: Path) -> int:
     return int(m.group(1))
 
 
-def run_tasks(
-    backbone: torch.nn.Module,
-    cfg: Config,
-    tasks: list[str],
-    data: str,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-) -> dict[str, float]:
-    """Run `tasks` on a frozen backbone; returns metrics named as in DESIGN §5."""
-    from data_pipeline.reader import load_images
+# --- tasks ------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalContext:
+    """What every task needs: settings, data root, image side, device, and a per-run cache."""
+
+    cfg: EvalConfig
+    data: str
+    img_size: int
+    device: torch.device | str = "cpu"
+    progress: bool = False
+    cache: dict[Any, Any] = field(default_factory=dict)
+
+    def images(
+        self, subset: str, split: str, size: int, limit: int, labels: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`data_pipeline.reader.load_images` (limit 0: all), cached for the context's lifetime."""
+        key = ("images", subset, split, size, limit, labels)
+        if key not in self.cache:
+            from data_pipeline.reader import load_images
+
+            self.cache[key] = load_images(
+                self.data, subset, split, size, with_labels=labels, max_images=limit or None
+            )
+        return self.cache[key]
+
+
+TaskResult = tuple[dict[str, float], dict[str, Any]]
+"""(metrics named as in DESIGN §5, details for the JSON file)."""
+
+
+def _task_equivariance(provider: FeatureProvider, ctx: EvalContext) -> TaskResult:
     from data_pipeline.transforms import build_transform
     from evals.equivariance import equivariance_r2
-    from evals.features import backbone_feature_fn, extract_features
+
+    e, size = ctx.cfg, ctx.img_size
+    train_x, _ = ctx.images("natural", "train", size, e.max_train_images)
+    test_x, _ = ctx.images("natural", "val", size, e.max_test_images)
+    metrics, details = {}, {}
+    for name in _split(e.equivariance_transforms):
+        res = equivariance_r2(
+            provider.global_features,
+            train_x,
+            test_x,
+            build_transform(name, size),
+            seed=e.seed,
+            epochs=e.r2_epochs,
+            hidden=e.r2_hidden,
+            batch_size=e.batch_size,
+            views_per_image=e.r2_views,
+            device=ctx.device,
+            progress=ctx.progress,
+        )
+        metrics[f"eval/equivariance/{name}_r2"] = float(res["r2"])
+        details[name] = res
+    return metrics, details
+
+
+def _labelled_features(provider: FeatureProvider, ctx: EvalContext) -> tuple[torch.Tensor, ...]:
+    """(train feats, train labels, test feats, test labels), shared by kNN and the linear probe."""
+    key = ("labelled_features", id(provider))
+    if key not in ctx.cache:
+        from evals.features import extract_features
+
+        e = ctx.cfg
+        train_x, train_y = ctx.images(
+            "labelled", "train", ctx.img_size, e.labelled_train_images, True
+        )
+        test_x, test_y = ctx.images("labelled", "val", ctx.img_size, e.labelled_test_images, True)
+        desc = "labelled features" if ctx.progress else None
+        f_train = extract_features(
+            provider.global_features, train_x, e.batch_size, ctx.device, desc
+        )
+        f_test = extract_features(provider.global_features, test_x, e.batch_size, ctx.device, desc)
+        ctx.cache[key] = (f_train, train_y, f_test, test_y)
+    return ctx.cache[key]
+
+
+def _task_knn(provider: FeatureProvider, ctx: EvalContext) -> TaskResult:
     from evals.knn import knn_classify
 
-    e = cfg.eval
-    size = e.img_size or cfg.data.global_size
-    backbone = backbone.to(device)
-    feature_fn = backbone_feature_fn(backbone, num_prefix_tokens=backbone.num_prefix_tokens)
+    f_train, y_train, f_test, y_test = _labelled_features(provider, ctx)
+    res = knn_classify(f_train, y_train, f_test, y_test, k=ctx.cfg.knn_k)
+    return {"eval/knn/top1": float(res["top1"])}, res
+
+
+def _task_linear(provider: FeatureProvider, ctx: EvalContext) -> TaskResult:
+    from evals.linear import linear_probe
+
+    e = ctx.cfg
+    f_train, y_train, f_test, y_test = _labelled_features(provider, ctx)
+    res = linear_probe(
+        f_train,
+        y_train,
+        f_test,
+        y_test,
+        lrs=tuple(float(v) for v in _split(e.linear_lrs)),
+        epochs=e.linear_epochs,
+        val_fraction=e.linear_val_fraction,
+        seed=e.seed,
+        device=ctx.device,
+    )
+    return {"eval/linear/top1": float(res["top1"])}, res
+
+
+def _task_homography(provider: FeatureProvider, ctx: EvalContext) -> TaskResult:
+    from evals.homography import homography_mce
+
+    e, size = ctx.cfg, ctx.img_size
+    rho = e.homography_rho * size
+    source = size + 2 * math.ceil(rho)
+    train_x, _ = ctx.images("natural", "train", source, e.homography_train_images)
+    test_x, _ = ctx.images("natural", "val", source, e.homography_test_images)
+    res = homography_mce(
+        provider,
+        train_x,
+        test_x,
+        patch_px=size,
+        rho=rho,
+        train_views=e.homography_views,
+        epochs=e.homography_epochs,
+        channels=e.homography_channels,
+        lr=e.homography_lr,
+        seed=e.seed,
+        device=ctx.device,
+    )
+    return {"eval/homography/mce": float(res["mce"])}, res
+
+
+def _task_segmentation(provider: FeatureProvider, ctx: EvalContext) -> TaskResult:
+    from evals.segmentation import load_segmentation, segmentation_classes, segmentation_miou
+
+    e, size = ctx.cfg, ctx.img_size
+    train_x, train_y = load_segmentation(
+        ctx.data, "train", size, e.segmentation_train_images or None
+    )
+    test_x, test_y = load_segmentation(ctx.data, "val", size, e.segmentation_test_images or None)
+    classes = segmentation_classes(ctx.data)
+    res = segmentation_miou(
+        provider,
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        num_classes=len(classes) if classes else None,
+        epochs=e.segmentation_epochs,
+        lr=e.segmentation_lr,
+        seed=e.seed,
+        device=ctx.device,
+    )
+    if classes:
+        res["classes"] = classes
+    return {"eval/segmentation/miou": float(res["miou"])}, res
+
+
+TASKS: dict[str, Callable[[FeatureProvider, EvalContext], TaskResult]] = {
+    "equivariance": _task_equivariance,
+    "knn": _task_knn,
+    "linear": _task_linear,
+    "homography": _task_homography,
+    "segmentation": _task_segmentation,
+}
+
+
+def parse_tasks(text: str | list[str] | None, default: str) -> list[str]:
+    """Task names from "a,b" (or "all"); unknown names are errors listing the valid ones."""
+    items = _split(text) if isinstance(text, str) else list(text or [])
+    tasks = items or _split(default)
+    if tasks == ["all"]:
+        return list(TASKS)
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown eval task(s) {unknown}; available: {', '.join(TASKS)} or all")
+    return tasks
+
+
+def run_tasks(
+    provider: FeatureProvider,
+    eval_cfg: EvalConfig,
+    tasks: list[str],
+    data: str,
+    img_size: int,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run `tasks` on a frozen feature provider.
+
+    Each task starts from the global RNG seeded with `eval.seed` (restored afterwards), so a
+    task's numbers do not depend on which tasks ran before it.
+
+    Returns:
+        {"metrics": {name: value}, "details": {task: ...}, "task_seconds": {task: s}}.
+    """
+    ctx = EvalContext(eval_cfg, str(data), int(img_size), device, progress)
+    provider.to(device)
     metrics: dict[str, float] = {}
+    details: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
     for task in tasks:
         t0 = time.perf_counter()
-        if task == "equivariance":
-            train_x, _ = load_images(
-                data, "natural", "train", size, with_labels=False, max_images=e.max_train_images
-            )
-            test_x, _ = load_images(
-                data, "natural", "val", size, with_labels=False, max_images=e.max_test_images
-            )
-            for name in [t.strip() for t in e.equivariance_transforms.split(",") if t.strip()]:
-                res = equivariance_r2(
-                    feature_fn,
-                    train_x,
-                    test_x,
-                    build_transform(name, size),
-                    seed=cfg.train.seed,
-                    epochs=e.r2_epochs,
-                    device=device,
-                    progress=progress,
-                )
-                metrics[f"eval/equivariance/{name}_r2"] = float(res["r2"])
-        elif task == "knn":
-            train_x, train_y = load_images(data, "labelled", "train", size, with_labels=True)
-            test_x, test_y = load_images(data, "labelled", "val", size, with_labels=True)
-            desc = "knn features" if progress else None
-            f_train = extract_features(feature_fn, train_x, device=device, progress=desc)
-            f_test = extract_features(feature_fn, test_x, device=device, progress=desc)
-            res = knn_classify(f_train, train_y, f_test, test_y, k=e.knn_k)
-            metrics["eval/knn/top1"] = float(res["top1"])
-        else:
-            raise ValueError(f"unknown eval task {task!r}; available: {', '.join(TASKS)}")
-        log.info("eval %s done in %.1fs", task, time.perf_counter() - t0)
-    return metrics
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(eval_cfg.seed)
+            task_metrics, details[task] = TASKS[task](provider, ctx)
+        metrics.update(task_metrics)
+        seconds[task] = round(time.perf_counter() - t0, 2)
+        log.info("eval %s (%s) done in %.1fs: %s", task, provider.name, seconds[task], task_metrics)
+    return {"metrics": metrics, "details": _jsonable(details), "task_seconds": seconds}
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    return obj
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _apply_eval_settings(
+    cfg_eval: EvalConfig, config: str | Path | None, overrides: list[str] | None
+) -> EvalConfig:
+    """`cfg_eval`, its fields replaced by the eval section of `config` (a YAML config file) and
+    then by `eval.*` overrides."""
+    if config is not None:
+        cfg_eval = load_config(config).eval
+    if overrides:
+        bad = [o for o in overrides if not o.split("=", 1)[0].strip().startswith("eval.")]
+        if bad:
+            raise ValueError(f"eval accepts only eval.* overrides, got {bad}")
+        holder = Config(eval=copy.deepcopy(cfg_eval))
+        from equirecon.config import _set, parse_overrides
+
+        for key, value in parse_overrides(overrides).items():
+            _set(holder, key, value)
+        cfg_eval = holder.eval
+    return cfg_eval
+
+
+def _result(
+    source: dict[str, Any], provider: FeatureProvider, tasks: list[str], data: str, out: dict
+) -> dict[str, Any]:
+    return {
+        **source,
+        "provider": provider.name,
+        "tasks": tasks,
+        "data": str(data),
+        **out,
+    }
 
 
 def evaluate_checkpoint(
     ckpt: str | Path,
-    tasks: list[str] | None = None,
+    tasks: list[str] | str | None = None,
     data: str | None = None,
     overrides: list[str] | None = None,
     log_mlflow: bool = True,
+    floor: str | None = None,
+    out: str | Path | None = None,
+    device: str | None = None,
+    config: str | Path | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate `ckpt` (a `RUN_DIR/checkpoints/step_X` directory) and record the results.
+    """Evaluate `ckpt` (`RUN_DIR/checkpoints/step_X`, or `.../latest`) and record the results.
 
-    Writes `RUN_DIR/evals/step_X.json` and logs the metrics into the run's MLflow run at the
-    checkpoint's step.
+    Args:
+        ckpt: the checkpoint.
+        tasks: task names (list or "a,b"); None: `eval.tasks` of the checkpoint's config.
+        data: dataset root; None: `eval.data`, else `data.path` of the checkpoint's config.
+        overrides: `eval.*=value` overrides.
+        log_mlflow: log the metrics into the run's MLflow run at the checkpoint's step.
+        floor: None (the checkpoint's teacher backbone), "pixels" or "random" (a random-init
+            ViT of the same shape); floors are written to `evals/floor_<name>.json` only.
+        out: the results JSON; None: `RUN_DIR/evals/step_XXXXXXXX.json` (or the floor file).
+        device: "cpu", "cuda", ...; None: CUDA when available.
+        config: a YAML config whose eval section replaces the checkpoint's.
+        progress: show progress bars.
+
+    Returns:
+        The result written to the JSON file ("metrics", "task_seconds", "details", ...).
     """
     ckpt = resolve_checkpoint(ckpt)
     cfg = checkpoint_config(ckpt)
-    if overrides:
-        from equirecon.config import _set, parse_overrides
-
-        for k, v in parse_overrides(overrides).items():
-            _set(cfg, k, v)
-    tasks = tasks or [t.strip() for t in cfg.eval.tasks.split(",") if t.strip()]
-    data = data or cfg.eval.data or cfg.data.path
+    cfg.eval = _apply_eval_settings(cfg.eval, config, overrides)
+    e = cfg.eval
+    task_list = parse_tasks(tasks, e.tasks)
+    data = data or e.data or cfg.data.path
     backbone, cfg = load_teacher_backbone(ckpt, cfg)
-    torch.manual_seed(cfg.train.seed)
-    t0 = time.perf_counter()
-    metrics = run_tasks(backbone, cfg, tasks, data)
+    provider = build_provider(backbone, floor, seed=e.seed, pooling=e.pooling)
     step = checkpoint_step(ckpt)
     run_dir = ckpt.parent.parent
-    result = {
-        "checkpoint": str(ckpt),
-        "step": step,
-        "tasks": tasks,
-        "data": str(data),
-        "metrics": metrics,
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
-    out_dir = run_dir / "evals"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"step_{step:08d}.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
-    if log_mlflow and cfg.tracking.enabled:
-        result["mlflow_run_id"] = log_to_existing_run(run_dir, metrics, step, cfg.tracking.uri)
+    t0 = time.perf_counter()
+    outcome = run_tasks(
+        provider, e, task_list, data, e.img_size or cfg.data.global_size,
+        device or _default_device(), progress,
+    )  # fmt: skip
+    result = _result(
+        {"checkpoint": str(ckpt), "step": step, "source": "checkpoint"},
+        provider,
+        task_list,
+        data,
+        {**outcome, "seconds": round(time.perf_counter() - t0, 2), "eval": dataclasses.asdict(e)},
+    )
+    if out is None:
+        out = floor_result_path(run_dir, floor) if floor else step_result_path(run_dir, step)
+    write_json_atomic(out, result)
+    result["path"] = str(out)
+    if log_mlflow and floor is None and cfg.tracking.enabled:
+        finite = {k: v for k, v in outcome["metrics"].items() if math.isfinite(v)}
+        result["mlflow_run_id"] = log_to_existing_run(run_dir, finite, step, cfg.tracking.uri)
     return result
+
+
+def evaluate_export(
+    export_dir: str | Path,
+    data: str,
+    tasks: list[str] | str | None = None,
+    overrides: list[str] | None = None,
+    floor: str | None = None,
+    out: str | Path | None = None,
+    device: str | None = None,
+    config: str | Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate an `equirecon export` directory (config.json + model.safetensors).
+
+    There is no training config: eval settings are the defaults, then `config`'s eval section,
+    then `overrides`; the image side is the export's `img_size` unless `eval.img_size` is set.
+    The result is returned and, with `out`, written there as JSON.
+    """
+    from pretrain.export import CONFIG, load_exported_backbone
+
+    export_dir = Path(export_dir)
+    e = _apply_eval_settings(EvalConfig(), config, overrides)
+    task_list = parse_tasks(tasks, e.tasks)
+    backbone = load_exported_backbone(export_dir)
+    meta = json.loads((export_dir / CONFIG).read_text())
+    provider = build_provider(backbone, floor, seed=e.seed, pooling=e.pooling)
+    t0 = time.perf_counter()
+    outcome = run_tasks(
+        provider, e, task_list, data, e.img_size or int(meta["model_args"]["img_size"]),
+        device or _default_device(), progress,
+    )  # fmt: skip
+    result = _result(
+        {
+            "export": str(export_dir),
+            "step": meta.get("equirecon", {}).get("step"),
+            "source": "export",
+        },
+        provider,
+        task_list,
+        data,
+        {**outcome, "seconds": round(time.perf_counter() - t0, 2), "eval": dataclasses.asdict(e)},
+    )
+    if out is not None:
+        write_json_atomic(out, result)
+        result["path"] = str(out)
+    return result
+
+
+__all__ = [
+    "FLOORS",
+    "TASKS",
+    "EvalContext",
+    "checkpoint_config",
+    "checkpoint_step",
+    "evaluate_checkpoint",
+    "evaluate_export",
+    "load_teacher_backbone",
+    "parse_tasks",
+    "resolve_checkpoint",
+    "run_tasks",
+]

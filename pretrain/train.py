@@ -412,4 +412,7 @@ def pretrain(cfg: Config) -> dict[str, float]:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     trainer = Trainer(cfg)
-    return trainer.fit()
+    from evals.watch import background_watcher  # eval.watch: evaluate checkpoints as they land
+
+    with background_watcher(cfg, trainer.dist.is_main):
+        return trainer.fit()

@@ -1,0 +1,143 @@
+"""Feature providers: what a frozen model gives the evaluation tasks, per image and per patch.
+
+A provider maps normalized images (B, 3, H, W) to a global feature (B, D) (kNN, linear probe,
+equivariance R²) and to a patch-feature grid (B, D_p, H/p, W/p) (homography, segmentation).
+Three kinds exist: a trained ViT backbone, a random-init ViT of the same shape (floor) and the
+raw pixels (floor). The floors say how much of a number is the model's and how much the
+protocol's.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from evals.features import backbone_feature_fn
+
+FLOORS = ("pixels", "random")
+
+
+class FeatureProvider:
+    """Frozen features of one model. Subclasses implement both feature kinds."""
+
+    name: str = ""
+    patch_size: int = 1
+
+    def global_features(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) normalized images -> (B, D) features."""
+        raise NotImplementedError
+
+    def patch_features(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) normalized images -> (B, D_p, H/p, W/p) features, p = `patch_size`."""
+        raise NotImplementedError
+
+    def to(self, device: torch.device | str) -> FeatureProvider:
+        return self
+
+
+class BackboneFeatures(FeatureProvider):
+    """A ViT backbone returning tokens (B, P + N, D) (CLS first, P prefix tokens).
+
+    Global feature: `pooling` of `evals.features.backbone_feature_fn` ([CLS; mean patch] by
+    default). Patch features: the N patch tokens on their (H/p, W/p) grid.
+    """
+
+    def __init__(self, backbone: nn.Module, name: str = "backbone", pooling: str = "cls+mean"):
+        self.backbone = backbone.eval()
+        self.name = name
+        self.patch_size = int(backbone.patch_size)
+        self.num_prefix_tokens = int(getattr(backbone, "num_prefix_tokens", 1))
+        self._global = backbone_feature_fn(backbone, pooling, self.num_prefix_tokens)
+
+    def global_features(self, images: Tensor) -> Tensor:
+        return self._global(images)
+
+    def patch_features(self, images: Tensor) -> Tensor:
+        b, _, h, w = images.shape
+        tokens = self.backbone(images)[:, self.num_prefix_tokens :]  # (B, N, D)
+        grid_h, grid_w = h // self.patch_size, w // self.patch_size
+        if tokens.shape[1] != grid_h * grid_w:
+            raise ValueError(
+                f"backbone gave {tokens.shape[1]} patch tokens for {h}x{w} images with patch "
+                f"{self.patch_size}; expected {grid_h * grid_w}"
+            )
+        return tokens.transpose(1, 2).reshape(b, -1, grid_h, grid_w)
+
+    def to(self, device: torch.device | str) -> BackboneFeatures:
+        self.backbone.to(device)
+        return self
+
+
+class PixelFeatures(FeatureProvider):
+    """Raw pixels: the flattened image (B, 3·H·W) and each p×p patch's pixels (B, 3p², H/p, W/p).
+
+    Images larger than `max_side` are area-averaged to `max_side`² before flattening, so the
+    global feature stays at most 3·max_side² wide.
+    """
+
+    def __init__(self, patch_size: int, max_side: int = 32) -> None:
+        self.name = "pixels"
+        self.patch_size = int(patch_size)
+        self.max_side = int(max_side)
+
+    def global_features(self, images: Tensor) -> Tensor:
+        if max(images.shape[-2:]) > self.max_side:
+            images = F.adaptive_avg_pool2d(images, self.max_side)
+        return images.flatten(1)
+
+    def patch_features(self, images: Tensor) -> Tensor:
+        return F.pixel_unshuffle(images, self.patch_size)
+
+
+def random_like(backbone: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of a `pretrain.models.backbone.Backbone` re-initialized with timm's ViT init.
+
+    Same shape, weights drawn from a generator seeded by `seed` (the global RNG is left alone).
+    """
+    fresh = copy.deepcopy(backbone)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh.vit.init_weights()
+        if isinstance(getattr(fresh, "mask_token", None), nn.Parameter):
+            nn.init.normal_(fresh.mask_token, std=0.02)
+    return fresh.eval()
+
+
+def build_provider(
+    backbone: nn.Module, floor: str | None = None, seed: int = 0, pooling: str = "cls+mean"
+) -> FeatureProvider:
+    """The provider of a loaded backbone, or of a floor with the backbone's shape.
+
+    Args:
+        backbone: the trained backbone (its shape and patch size define the floors).
+        floor: None (the backbone itself), "pixels" or "random".
+        seed: seed of the random-init floor.
+        pooling: global pooling of ViT tokens (see `backbone_feature_fn`).
+    """
+    if floor is None:
+        return BackboneFeatures(backbone, "backbone", pooling)
+    if floor == "pixels":
+        return PixelFeatures(int(backbone.patch_size))
+    if floor == "random":
+        return BackboneFeatures(random_like(backbone, seed), "random", pooling)
+    raise ValueError(f"unknown floor {floor!r}; choose one of {list(FLOORS)}")
+
+
+def extract_patch_features(
+    provider: FeatureProvider,
+    images: Tensor,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """`provider.patch_features` over (N, 3, H, W) images in batches -> (N, D_p, h, w) on CPU."""
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, images.shape[0], batch_size):
+            batch = images[start : start + batch_size].to(device, non_blocking=True)
+            chunks.append(provider.patch_features(batch).float().cpu())
+    if not chunks:
+        raise ValueError("extract_patch_features got no images (N = 0)")
+    return torch.cat(chunks)

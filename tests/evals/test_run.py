@@ -1,0 +1,93 @@
+"""Tests of the eval dispatcher's settings (evals/run.py) and the `eval` CLI routing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from equirecon.cli import build_parser, main
+from equirecon.config import EvalConfig, load_config, save_config
+from evals.run import TASKS, _apply_eval_settings, checkpoint_config, parse_tasks
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_parse_tasks() -> None:
+    assert parse_tasks("", "knn,linear") == ["knn", "linear"]
+    assert (
+        parse_tasks("all", "knn")
+        == list(TASKS)
+        == [
+            "equivariance",
+            "knn",
+            "linear",
+            "homography",
+            "segmentation",
+        ]
+    )
+    assert parse_tasks(["homography"], "knn") == ["homography"]
+    with pytest.raises(ValueError, match="unknown eval task.*depth"):
+        parse_tasks("knn,depth", "")
+
+
+def test_demo_config_runs_all_five_families() -> None:
+    cfg = load_config(REPO / "configs" / "demo_cpu.yaml")
+    assert parse_tasks(None, cfg.eval.tasks) == list(TASKS)
+    assert cfg.eval.equivariance_transforms.split(",") == [
+        "rotation",
+        "translation",
+        "se2",
+        "color",
+        "blur",
+    ]
+
+
+def test_legacy_checkpoint_config_gets_todays_protocol(tmp_path: Path) -> None:
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000010"
+    ckpt.mkdir(parents=True)
+    # A config written before the harness: its eval section has no `seed` and old defaults,
+    # except one value the user had chosen (r2_epochs 7 was never a default).
+    old_eval = {
+        "data": "",
+        "tasks": "equivariance,knn",
+        "equivariance_transforms": "rotation",
+        "img_size": None,
+        "max_train_images": 2000,
+        "max_test_images": 800,
+        "r2_epochs": 7,
+        "knn_k": 20,
+    }
+    (ckpt / "config.yaml").write_text(yaml.safe_dump({"eval": old_eval}))
+    e = checkpoint_config(ckpt).eval
+    today = EvalConfig()
+    assert (e.tasks, e.equivariance_transforms) == (today.tasks, today.equivariance_transforms)
+    assert (e.max_train_images, e.r2_epochs) == (today.max_train_images, 7)
+    # A config written today keeps what it says, old default values included.
+    cfg = load_config(None, ["eval.tasks=equivariance,knn"])
+    save_config(cfg, ckpt / "config.yaml")
+    assert checkpoint_config(ckpt).eval.tasks == "equivariance,knn"
+
+
+def test_eval_settings_precedence(tmp_path: Path) -> None:
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("eval:\n  knn_k: 5\n  linear_epochs: 3\n")
+    e = _apply_eval_settings(EvalConfig(), settings, ["eval.knn_k=7"])
+    assert (e.knn_k, e.linear_epochs) == (7, 3)
+    with pytest.raises(ValueError, match="only eval"):
+        _apply_eval_settings(EvalConfig(), None, ["model.depth=2"])
+
+
+def test_cli_routes_eval_watch_and_needs_data_for_exports(tmp_path: Path) -> None:
+    parser = build_parser()
+    args = parser.parse_args(["eval-watch", "RUN", "--executor", "slurm", "--once"])
+    assert (args.run_dir, args.executor, args.once) == ("RUN", "slurm", True)
+    args = parser.parse_args(["eval", "--checkpoint", "C", "--floor", "pixels", "eval.knn_k=3"])
+    assert (args.floor, args.overrides) == ("pixels", ["eval.knn_k=3"])
+    with pytest.raises(SystemExit, match="--data"):
+        main(["eval", "--export", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["eval", "--checkpoint", "C", "--export", "E"])
+    # `eval watch` on an empty run: nothing to do, exit code 0.
+    assert main(["eval", "watch", str(tmp_path / "run"), "--once", "--poll-seconds", "0.1"]) == 0
