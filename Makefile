@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DATA ?= data/demo
 DEMO_RUN ?= runs/demo
+# Extra key=value overrides for the demo's pretraining, e.g. make demo DEMO_ARGS="data.backend=dali"
+DEMO_ARGS ?=
 export DS_BUILD_OPS := 0
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -29,7 +31,7 @@ system-deps:
 	fi
 
 demo: venv system-deps
-	bash scripts/demo.sh $(DEMO_DATA) $(DEMO_RUN)
+	bash scripts/demo.sh $(DEMO_DATA) $(DEMO_RUN) $(DEMO_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -4,6 +4,8 @@
 set -euo pipefail
 DATA=${1:-data/demo}
 RUN=${2:-runs/demo}
+shift $(( $# < 2 ? $# : 2 ))
+EXTRA=("$@")  # key=value overrides for the pretraining (e.g. data.backend=dali)
 BIN=.venv/bin
 start=$(date +%s)
 
@@ -12,7 +14,7 @@ $BIN/equirecon data build-demo --out "$DATA"
 
 echo "== 2/3 pretraining -> $RUN (a fresh run; the previous one stays in MLflow)"
 rm -rf "$RUN"
-$BIN/equirecon pretrain --config configs/demo_cpu.yaml data.path="$DATA" run.dir="$RUN"
+$BIN/equirecon pretrain --config configs/demo_cpu.yaml data.path="$DATA" run.dir="$RUN" "${EXTRA[@]}"
 
 echo "== 3/3 evaluation of the final checkpoint"
 $BIN/equirecon eval --checkpoint "$RUN/checkpoints/latest"
