@@ -88,6 +88,23 @@ class DINOv2(SSLMethod):
         patch_probs = sinkhorn_knopp(self.teacher.head(z_inv[:, prefix:][masks]), teacher_temp)
         return list(cls_probs.chunk(2)), patch_probs
 
+    def _cls_and_patch_losses(
+        self,
+        out: dict[str, Any],
+        teacher_cls: list[torch.Tensor],
+        teacher_patch: torch.Tensor,
+        masks: torch.Tensor,
+        n_local: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(CLS loss over all student crops vs the other global view's target, masked-patch loss)."""
+        temp = self.cfg.method.student_temp
+        student_logits = list(out["global_logits"].chunk(2))
+        if "local_logits" in out:
+            student_logits += list(out["local_logits"].chunk(n_local))
+        cls = self.dino_loss(student_logits, teacher_cls, temp)
+        patch = self.ibot_loss(out["masked_patch_logits"], teacher_patch, masks, temp)
+        return cls, patch
+
     def _ssl_loss(
         self,
         out: dict[str, Any],
@@ -98,11 +115,7 @@ class DINOv2(SSLMethod):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """DINO CLS loss (global + local students) + iBOT patch loss + KoLeo, weighted."""
         m = self.cfg.method
-        student_logits = list(out["global_logits"].chunk(2))
-        if "local_logits" in out:
-            student_logits += list(out["local_logits"].chunk(n_local))
-        dino = self.dino_loss(student_logits, teacher_cls, m.student_temp)
-        ibot = self.ibot_loss(out["masked_patch_logits"], teacher_patch, masks, m.student_temp)
+        dino, ibot = self._cls_and_patch_losses(out, teacher_cls, teacher_patch, masks, n_local)
         koleo = sum(koleo_loss(c) for c in out["global_cls"].chunk(2))
         loss = m.dino_weight * dino + m.ibot_weight * ibot + m.koleo_weight * koleo
         return loss, {"dino": dino.detach(), "ibot": ibot.detach(), "koleo": koleo.detach()}

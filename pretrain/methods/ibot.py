@@ -68,10 +68,6 @@ class IBOT(DINOv2):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """iBOT: weighted CLS (DINO) loss + masked-patch loss; no KoLeo."""
         m = self.cfg.method
-        student_logits = list(out["global_logits"].chunk(2))
-        if "local_logits" in out:
-            student_logits += list(out["local_logits"].chunk(n_local))
-        cls = self.dino_loss(student_logits, teacher_cls, m.student_temp)
-        patch = self.ibot_loss(out["masked_patch_logits"], teacher_patch, masks, m.student_temp)
+        cls, patch = self._cls_and_patch_losses(out, teacher_cls, teacher_patch, masks, n_local)
         loss = m.dino_weight * cls + m.ibot_weight * patch
         return loss, {"cls": cls.detach(), "patch": patch.detach()}

@@ -125,7 +125,7 @@ def test_sinkhorn_two_process_gloo_equals_single_process(tmp_path: Path) -> None
     logits = torch.randn(8, 6, generator=g)
     mp.spawn(_sinkhorn_worker, args=(2, _free_port(), logits, str(tmp_path)), nprocs=2, join=True)
     single = sinkhorn_knopp(logits, temperature=0.1, n_iterations=3)
-    per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    per_rank = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for name in SPLITS:
         gathered = torch.cat([per_rank[0][name], per_rank[1][name]])
         torch.testing.assert_close(gathered, single, rtol=1e-5, atol=1e-6, msg=name)
