@@ -616,22 +616,13 @@ def build_dali_loader(cfg: Any, dist_info: Any, patch_size: int) -> DaliTrainLoa
             device_id = device.index
         else:
             device_id = torch.cuda.current_device()
+    from data_pipeline.reader import multicrop_kwargs
+
     return make_dali_loader(
         data.path,
-        batch_size=cfg.train.batch_size,
         num_threads=data.num_workers,
-        seed=cfg.train.seed,
-        rank=dist_info.rank,
-        world_size=dist_info.world_size,
-        global_size=data.global_size,
-        local_size=data.local_size,
-        n_local=data.n_local,
-        patch_size=patch_size,
-        global_scale=tuple(data.global_scale),
-        local_scale=tuple(data.local_scale),
-        mask_prob=cfg.method.mask_prob,
-        mask_ratio=tuple(cfg.method.mask_ratio),
         device_id=device_id,
+        **multicrop_kwargs(cfg, dist_info.rank, dist_info.world_size, patch_size),
     )
 
 

@@ -49,26 +49,14 @@ def build_loader(cfg: Config, dist_info: DistInfo, patch_size: int):  # noqa: AN
         from data_pipeline.dali_reader import build_dali_loader  # optional: nvidia-dali
 
         return build_dali_loader(cfg, dist_info, patch_size)
-    from data_pipeline.reader import build_train_loader
+    from data_pipeline.reader import build_train_loader, multicrop_kwargs
 
-    d = cfg.data
     return build_train_loader(
-        d.path,
-        batch_size=cfg.train.batch_size,
-        num_workers=d.num_workers,
-        seed=cfg.train.seed,
-        rank=dist_info.rank,
-        world_size=dist_info.world_size,
-        global_size=d.global_size,
-        local_size=d.local_size,
-        n_local=d.n_local,
-        patch_size=patch_size,
-        global_scale=d.global_scale,
-        local_scale=d.local_scale,
-        mask_prob=cfg.method.mask_prob,
-        mask_ratio=cfg.method.mask_ratio,
+        cfg.data.path,
+        num_workers=cfg.data.num_workers,
         pin_memory=dist_info.device.type == "cuda",
-        augmentations=d.augmentations,
+        augmentations=cfg.data.augmentations,
+        **multicrop_kwargs(cfg, dist_info.rank, dist_info.world_size, patch_size),
     )
 
 

@@ -12,24 +12,9 @@ from pretrain.models.backbone import build_backbone
 from pretrain.models.decoder import ReconDecoder
 from pretrain.models.heads import SplitHead
 from pretrain.train import build_optimizer, transform_generator
+from tests.conftest import TINY_OVERRIDES
 
-TINY = [
-    "data.global_size=16",
-    "data.local_size=8",
-    "data.n_local=2",
-    "model.arch=vit_tiny",
-    "model.patch_size=4",
-    "model.embed_dim=32",
-    "model.depth=2",
-    "model.num_heads=2",
-    "method.head_out_dim=64",
-    "method.head_hidden_dim=32",
-    "method.head_bottleneck_dim=16",
-    "split.d_patch=48",
-    "recon.d_equi=16",
-    "recon.decoder_channels=16",
-    "train.batch_size=4",
-]
+TINY = [*TINY_OVERRIDES, "train.batch_size=4"]
 
 
 def tiny_cfg(*extra: str):  # noqa: ANN201
