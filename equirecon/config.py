@@ -35,7 +35,7 @@ class RunConfig:
 @dataclass
 class DataConfig:
     path: str = "data/demo"
-    backend: str = "torch"  # torch | dali
+    backend: str = "torch"  # torch | dali | synthetic (seeded random crops: engine tests, benchmarks)
     num_workers: int = 2
     global_size: int = 224
     local_size: int = 96
@@ -111,8 +111,10 @@ class SplitConfig:
 class TrainConfig:
     max_steps: int = 1000
     batch_size: int = 64  # per rank
-    strategy: str = "single"  # single | ddp (fsdp2 | deepspeed: see the engine issue)
-    zero_stage: int = 2
+    strategy: str = "single"  # single | ddp | fsdp2 | deepspeed (pretrain/parallel.py)
+    zero_stage: int = 2  # DeepSpeed ZeRO stage 1 | 2 | 3
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
+    compile: bool = False  # torch.compile each transformer block
     precision: str = "fp32"  # fp32 | bf16
     seed: int = 0
     base_lr: float = 4e-3  # lr = base_lr * global_batch / 256 (DESIGN §1.9)
@@ -132,7 +134,8 @@ class TrainConfig:
 @dataclass
 class CheckpointConfig:
     every_steps: int = 500
-    keep: int = 3
+    keep: int = 3  # the newest `keep` checkpoints are kept …
+    keep_every: int = 0  # … plus every checkpoint whose step is a multiple of this (0: none)
 
 
 @dataclass
@@ -158,6 +161,12 @@ class EvalConfig:
     batch_size: int = 256  # images per feature-extraction batch
     # Equivariance R² (natural subset): transforms, images, views, the MLP h.
     equivariance_transforms: str = "rotation,translation,se2,color,blur"
+    # What h reads of f(I) and f(g(I)): "grid" = [CLS; patch tokens average-pooled to an
+    # equivariance_grid² grid, flattened] (keeps the layout that rotations move; 0: the full patch
+    # grid); "global" = the eval.pooling vector ([CLS; mean patch]), which is almost invariant to
+    # rotations of the input.
+    equivariance_features: str = "grid"
+    equivariance_grid: int = 4
     max_train_images: int = 768
     max_test_images: int = 256
     r2_views: int = 2
@@ -332,8 +341,12 @@ def validate(cfg: Config) -> None:
             f"method.name={m.name} needs train.batch_size >= 2 (batch statistics), "
             f"got {cfg.train.batch_size}"
         )
-    if cfg.data.backend not in ("torch", "dali"):
-        raise ConfigError(f"data.backend={cfg.data.backend!r}; choose torch or dali")
+    if cfg.data.backend not in ("torch", "dali", "synthetic"):
+        raise ConfigError(f"data.backend={cfg.data.backend!r}; choose torch, dali or synthetic")
+    if cfg.train.zero_stage not in (1, 2, 3):
+        raise ConfigError(f"train.zero_stage={cfg.train.zero_stage}; choose 1, 2 or 3")
+    if cfg.checkpoint.keep < 1 or cfg.checkpoint.keep_every < 0:
+        raise ConfigError("checkpoint.keep must be >= 1 and checkpoint.keep_every >= 0")
     if cfg.train.strategy not in ("single", "ddp", "fsdp2", "deepspeed"):
         raise ConfigError(
             f"train.strategy={cfg.train.strategy!r}; choose single, ddp, fsdp2 or deepspeed"

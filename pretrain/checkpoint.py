@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,12 @@ def latest_checkpoint(ckpt_root: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """`meta.json` of a checkpoint directory ({} when absent)."""
+    meta = Path(path) / "meta.json"
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
@@ -73,15 +80,28 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 class Checkpointer:
-    """Save/load DCP state dicts under `RUN_DIR/checkpoints` (all ranks call every method)."""
+    """Save/load DCP state dicts under `RUN_DIR/checkpoints` (all ranks call every method).
 
-    def __init__(self, run_dir: str | Path, keep: int = 3) -> None:
+    Retention: the newest `keep` checkpoints, plus every one whose step is a multiple of
+    `keep_every` (0: none), e.g. keep=3, keep_every=10000 keeps a long-term trail.
+    """
+
+    def __init__(self, run_dir: str | Path, keep: int = 3, keep_every: int = 0) -> None:
         self.root = Path(run_dir) / "checkpoints"
         self.keep = keep
+        self.keep_every = keep_every
 
     def save(
-        self, step: int, state: dict[str, Any], config_yaml: str, meta: dict[str, Any]
+        self,
+        step: int,
+        state: dict[str, Any],
+        config_yaml: str,
+        meta: dict[str, Any],
+        extra_writer: Callable[[Path], None] | None = None,
     ) -> Path:
+        """Write `state` (DCP) + config + meta under a temporary name, then publish it as
+        `step_XXXXXXXX` and point `latest` at it. `extra_writer(tmp_dir)` runs on all ranks
+        after the DCP write (e.g. DeepSpeed's own files)."""
         final = self.root / step_dir_name(step)
         tmp = self.root / f".tmp_{step_dir_name(step)}"
         if _rank() == 0:
@@ -91,6 +111,8 @@ class Checkpointer:
             tmp.mkdir()
         _barrier()
         dcp.save(state, checkpoint_id=str(tmp))
+        if extra_writer is not None:
+            extra_writer(tmp)
         _barrier()
         if _rank() == 0:
             (tmp / "config.yaml").write_text(config_yaml)
@@ -107,7 +129,9 @@ class Checkpointer:
 
     def _apply_retention(self) -> None:
         ckpts = list_checkpoints(self.root)
-        for _, path in ckpts[: max(len(ckpts) - self.keep, 0)]:
+        for step, path in ckpts[: max(len(ckpts) - self.keep, 0)]:
+            if self.keep_every and step % self.keep_every == 0:
+                continue
             shutil.rmtree(path, ignore_errors=True)
 
     def load(self, path: str | Path, state: dict[str, Any], partial: bool = False) -> None:

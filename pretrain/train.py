@@ -1,55 +1,52 @@
-"""The pretraining loop: one process, or one rank of a torchrun/Slurm world (DDP)."""
+"""The pretraining loop: one process, or one rank of a torchrun/Slurm world.
+
+The parallelization (`train.strategy`: single | ddp | fsdp2 | deepspeed) is one pass applied by
+`pretrain.parallel.build_engine`; this loop only talks to the engine it returns.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
-)
 from tqdm import tqdm
 
 from equirecon.config import Config, flat_dict, save_config, to_dict
 from equirecon.tracking import MetricsFile, Tracker
 from launch.distributed import DistInfo, all_reduce_mean, all_reduce_min, barrier, init_distributed
-from pretrain.checkpoint import Checkpointer, latest_checkpoint
+from pretrain.checkpoint import Checkpointer, latest_checkpoint, read_meta
 from pretrain.meters import device_peak_flops, max_memory_gb, ssl_step_flops
 from pretrain.methods import build_method
 from pretrain.methods.base import SSLMethod, StepOutput
+from pretrain.parallel import DeepSpeedEngine, build_engine, build_optimizer
 from pretrain.schedules import build_schedules
+
+__all__ = ["Trainer", "build_optimizer", "pretrain", "transform_generator"]
 
 log = logging.getLogger("equirecon.pretrain")
 
 
-def build_optimizer(student: nn.Module) -> torch.optim.Optimizer:
-    """AdamW; weight decay only on matrices (not on biases, norms, tokens, prototypes' gains)."""
-    decay, no_decay = [], []
-    for name, p in student.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(("token", "pos_embed")) else decay).append(p)
-    groups = [
-        {"params": decay, "apply_wd": True},
-        {"params": no_decay, "apply_wd": False, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999))
-
-
 def build_loader(cfg: Config, dist_info: DistInfo, patch_size: int):  # noqa: ANN201
     """The training reader of `data.backend` (yields `Batch` on the CPU)."""
+    from data_pipeline.reader import build_train_loader, multicrop_kwargs
+
     if cfg.data.backend == "dali":
         from data_pipeline.dali_reader import build_dali_loader  # optional: nvidia-dali
 
         return build_dali_loader(cfg, dist_info, patch_size)
-    from data_pipeline.reader import build_train_loader, multicrop_kwargs
+    if cfg.data.backend == "synthetic":
+        from data_pipeline.synthetic import SyntheticLoader
+
+        return SyntheticLoader(
+            **multicrop_kwargs(cfg, dist_info.rank, dist_info.world_size, patch_size)
+        )
 
     return build_train_loader(
         cfg.data.path,
@@ -85,9 +82,10 @@ def batch_statistics(batch) -> dict[str, Any]:  # noqa: ANN001 - Batch
     return stats
 
 
-def transform_generator(seed: int, rank: int, step: int) -> torch.Generator:
-    """θ of step `step` on rank `rank`: a pure function of (seed, rank, step), so resumes match."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + rank * 7919 + step) % (2**63))
+def transform_generator(seed: int, step: int) -> torch.Generator:
+    """The θ draw of step `step` for the whole global batch (each rank takes its slice): a pure
+    function of (seed, step), so resumes and any world size see the same θ per image."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63))
 
 
 def save_recon_grid(out: StepOutput, path: Path) -> bool:
@@ -117,7 +115,8 @@ class Trainer:
         self.dist = dist_info or init_distributed()
         self.device = self.dist.device
         self.run_dir = Path(cfg.run.dir)
-        torch.manual_seed(cfg.train.seed + self.dist.rank)
+        # Identical initial weights on every rank (the teacher is not broadcast by DDP/FSDP) ...
+        torch.manual_seed(cfg.train.seed)
 
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -125,25 +124,21 @@ class Trainer:
         barrier()
 
         self.method: SSLMethod = build_method(cfg).to(self.device)
-        self.student_fn: nn.Module = self.method.student
-        if cfg.train.strategy == "ddp" or (
-            cfg.train.strategy == "single" and self.dist.distributed
-        ):
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.student_fn = DDP(self.method.student, device_ids=ids)
-        elif cfg.train.strategy in ("fsdp2", "deepspeed"):
-            raise NotImplementedError(
-                f"train.strategy={cfg.train.strategy} is not available yet (see the distributed-engine "
-                "issue); use single or ddp"
-            )
-        self.optimizer = build_optimizer(self.method.student)
+        self.method.batch_slice = (self.dist.rank, self.dist.world_size)
+        # ... and rank-specific randomness from here on (drop-path, reader-side draws).
+        torch.manual_seed(cfg.train.seed + 1_000 * self.dist.rank)
+        self.engine = build_engine(self.method, cfg, self.device)
+        self.student_fn = self.engine.student_fn
+        self.optimizer = self.engine.optimizer
         self.schedules = build_schedules(cfg, self.dist.world_size)
-        self.checkpointer = Checkpointer(self.run_dir, keep=cfg.checkpoint.keep)
+        self.checkpointer = Checkpointer(
+            self.run_dir, keep=cfg.checkpoint.keep, keep_every=cfg.checkpoint.keep_every
+        )
         backbone = self.method.backbone
         self.loader = build_loader(cfg, self.dist, backbone.patch_size)
         self.step = 0
+        self.preempted = False
+        self.last_grad_norm: float | None = None
         self.last_skip: dict[str, Any] | None = None
         self.consecutive_skips = 0
         self.skipped_steps = 0
@@ -161,51 +156,84 @@ class Trainer:
         self.peak_flops = device_peak_flops(self.device)
 
     # ---- checkpoint state -------------------------------------------------------------------
-    def _state(self) -> dict[str, Any]:
+    def _rank_state(self) -> dict[str, Any]:
+        return {"torch_rng": torch.get_rng_state(), "data": json.dumps(self.loader.state_dict())}
+
+    def _state(self, for_load: bool = False, saved_world_size: int | None = None) -> dict[str, Any]:
+        """The DCP state: model/optimizer (from the engine), per-rank RNG + data position
+        (under `rank{r}`: DCP keeps one copy per key), and the step."""
+        engine_state = self.engine.state_to_load() if for_load else self.engine.state_to_save()
+        own = self.dist.rank
+        if saved_world_size is not None and own >= saved_world_size:
+            own = 0  # resharded onto more ranks: the new ranks start from rank 0's values
         return {
-            "student": self.method.student.state_dict(),
-            "teacher": self.method.teacher.state_dict() if self.method.teacher is not None else {},
-            "optimizer": get_optimizer_state_dict(self.method.student, self.optimizer),
-            # Values that differ per rank live under a rank-specific key (DCP keeps each).
-            f"rank{self.dist.rank}": {
-                "torch_rng": torch.get_rng_state(),
-                "data": json.dumps(self.loader.state_dict()),
-            },
+            **engine_state,
+            f"rank{own}": self._rank_state(),
             "trainer": {"step": torch.tensor(self.step)},
         }
 
     def save_checkpoint(self) -> Path:
-        meta = {"world_size": self.dist.world_size, "arch": self.cfg.model.arch}
+        meta = {
+            "world_size": self.dist.world_size,
+            "arch": self.cfg.model.arch,
+            "strategy": self.engine.name,
+        }
         if self.tracker is not None and self.tracker.run_id:
             meta["mlflow_run_id"] = self.tracker.run_id
         import yaml
 
-        path = self.checkpointer.save(
-            self.step, self._state(), yaml.safe_dump(to_dict(self.cfg), sort_keys=False), meta
+        return self.checkpointer.save(
+            self.step,
+            self._state(),
+            yaml.safe_dump(to_dict(self.cfg), sort_keys=False),
+            meta,
+            extra_writer=self.engine.save_extra,
         )
-        return path
 
     def maybe_resume(self) -> bool:
+        """Load `checkpoints/latest` if there is one. A checkpoint written by another number of
+        ranks is resharded (model, teacher and optimizer exactly; the data position restarts at
+        the next epoch and the RNG is reseeded, since they were per rank)."""
         path = latest_checkpoint(self.run_dir / "checkpoints")
         if path is None:
             return False
-        state = self._state()
+        meta = read_meta(path)
+        saved_ws = int(meta.get("world_size", self.dist.world_size))
+        resharded = saved_ws != self.dist.world_size
+        if resharded and not self.engine.reshard_supported():
+            raise RuntimeError(
+                f"{path} was written by {saved_ws} ranks with train.strategy={meta.get('strategy')}; "
+                f"DeepSpeed ZeRO optimizer states resume only at the same world size (now "
+                f"{self.dist.world_size}). Resume with {saved_ws} ranks, or use ddp/fsdp2 (DCP "
+                "checkpoints reshard to any world size)."
+            )
+        if meta.get("strategy") == "deepspeed" and self.engine.name != "deepspeed":
+            raise RuntimeError(
+                f"{path} holds DeepSpeed optimizer state; resume it with train.strategy=deepspeed"
+            )
+        state = self._state(for_load=True, saved_world_size=saved_ws)
         self.checkpointer.load(path, state)
-        self.method.student.load_state_dict(state["student"])
-        if self.method.teacher is not None:
-            self.method.teacher.load_state_dict(state["teacher"])
-        set_optimizer_state_dict(self.method.student, self.optimizer, state["optimizer"])
-        own = state[f"rank{self.dist.rank}"]
-        torch.set_rng_state(own["torch_rng"])
-        self.loader.load_state_dict(json.loads(own["data"]))
+        self.engine.load_state(state, path)
+        own = next(v for k, v in state.items() if k.startswith("rank"))
         self.step = int(state["trainer"]["step"])
+        if resharded:
+            torch.manual_seed(self.cfg.train.seed + 1_000 * self.dist.rank + self.step)
+        else:
+            torch.set_rng_state(own["torch_rng"])
+        data_state = json.loads(own["data"])
+        if resharded and isinstance(data_state, dict) and "world_size" not in data_state:
+            data_state["world_size"] = saved_ws
+        self.loader.load_state_dict(data_state)
         if self.dist.is_main:
-            log.info("resumed from %s at step %d", path, self.step)
+            how = (
+                f" (resharded from {saved_ws} to {self.dist.world_size} ranks)" if resharded else ""
+            )
+            log.info("resumed from %s at step %d%s", path, self.step, how)
         return True
 
     # ---- the loop -----------------------------------------------------------------------------
     def _apply_schedules(self, values: dict[str, float]) -> None:
-        for group in self.optimizer.param_groups:
+        for group in self.engine.param_groups:
             group["lr"] = values["lr"]
             if group["apply_wd"]:
                 group["weight_decay"] = values["weight_decay"]
@@ -215,7 +243,7 @@ class Trainer:
         sets `self.last_skip` to a description of the offending terms."""
         cfg = self.cfg
         self._apply_schedules(values)
-        gen = transform_generator(cfg.train.seed, self.dist.rank, self.step)
+        gen = transform_generator(cfg.train.seed, self.step)
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
             if cfg.train.precision == "bf16"
@@ -223,34 +251,42 @@ class Trainer:
         )
         with autocast:
             out = self.method.compute_losses(self.student_fn, batch, values["teacher_temp"], gen)
-        self.optimizer.zero_grad(set_to_none=True)
+        engine = self.engine
+        engine.zero_grad()
         self.last_skip = None
         # One flag for all ranks (a skipped step must be skipped everywhere, or DDP deadlocks).
         finite = all_reduce_min(torch.isfinite(out.loss_total.detach()).float())
         if finite.item() < 1:
             self.last_skip = {"reason": "non-finite loss", **_loss_terms(out)}
             return out
-        out.loss_total.backward()
-        params = [p for p in self.method.student.parameters() if p.grad is not None]
+        engine.backward(out.loss_total)
         max_norm = cfg.train.clip_grad if cfg.train.clip_grad > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        if not torch.isfinite(grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = engine.clip_grad_norm(max_norm)  # the same total norm on every rank
+        if not math.isfinite(grad_norm):
+            engine.zero_grad()
             self.last_skip = {
                 "reason": "non-finite gradient",
-                "grad_norm": float(grad_norm),
+                "grad_norm": grad_norm,
                 **_loss_terms(out),
             }
             return out
-        self.optimizer.step()
-        self.method.update_teacher(values["momentum"])
+        engine.step()
+        if isinstance(engine, DeepSpeedEngine):
+            grad_norm = engine.last_grad_norm() or 0.0
+        self.last_grad_norm = grad_norm
+        engine.update_teacher(values["momentum"])
         return out
 
-    def fit(self, stop_after: int | None = None) -> dict[str, float]:
+    def fit(
+        self, stop_after: int | None = None, should_stop: Callable[[], bool] | None = None
+    ) -> dict[str, float]:
         """Train to `train.max_steps` (resuming from `checkpoints/latest` if present).
 
         `stop_after`: checkpoint and return once this many steps are done (preemption drill);
         the schedules still follow `train.max_steps`, so a later `fit()` continues exactly.
+        `should_stop`: polled at every step boundary on every rank (e.g. a flag set by a
+        SIGUSR2/SIGTERM handler); when it is true on any rank, all ranks save a checkpoint of
+        the current step and return with `self.preempted = True`.
         """
         cfg = self.cfg
         resumed = self.maybe_resume()
@@ -282,6 +318,9 @@ class Trainer:
         self.method.train()
         end = total if stop_after is None else min(total, stop_after)
         while self.step < end:
+            if should_stop is not None and self._any_rank(should_stop()):
+                self.preempted = True
+                break
             t0 = time.perf_counter()
             batch = next(it).to(self.device)
             t_data = time.perf_counter() - t0
@@ -310,7 +349,14 @@ class Trainer:
             self._log_images(out)
         if self.tracker is not None:
             self.tracker.finish("FINISHED" if self.step >= total else "KILLED")
+        if self.preempted and self.dist.is_main:
+            log.info("stop requested: checkpoint of step %d saved, returning", self.step)
         return last
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on at least one (needs all ranks to call)."""
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        return bool(-all_reduce_min(-value).item() > 0)
 
     def _handle_nonfinite(self, batch) -> None:  # noqa: ANN001 - Batch
         """Count a skipped step; after `train.max_nonfinite_steps` in a row, stop with a diagnostic."""
@@ -370,6 +416,8 @@ class Trainer:
             "train/img_per_s": global_batch / max(step_time, 1e-9),
             "train/data_wait_frac": min(t_data / max(step_time, 1e-9), 1.0),
         }
+        if self.last_grad_norm is not None:
+            metrics["train/grad_norm"] = self.last_grad_norm
         metrics["train/max_mem_gb"] = max_memory_gb(self.device)
         achieved = self.flops_per_image * global_batch / max(step_time, 1e-9)
         metrics["train/tflops"] = achieved / 1e12

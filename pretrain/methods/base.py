@@ -180,6 +180,9 @@ class SSLMethod(nn.Module):
     student: nn.Module
     teacher: nn.Module | None
     transform: EquiTransform | None
+    # (which slice, how many slices) of the global batch this process holds: (rank, world size)
+    # under data parallelism. Set by the engine; only the θ draw uses it.
+    batch_slice: tuple[int, int] = (0, 1)
 
     def _build_transform(self) -> EquiTransform | None:
         """g_θ of `recon.transform` at the global crop size, None when recon is off."""
@@ -198,7 +201,12 @@ class SSLMethod(nn.Module):
         v1, u = batch.global_crops[0], batch.global_crops[1]
         if self.transform is None:
             return torch.cat([v1, u]), [], None
-        theta = self.transform.sample(u.shape[0], generator=generator, device=u.device)
+        # θ is drawn for the whole global batch and this rank takes its slice, so a step's θ
+        # per image does not depend on how the global batch is split over ranks.
+        b = u.shape[0]
+        index, count = self.batch_slice
+        theta = self.transform.sample(b * count, generator=generator, device=u.device)
+        theta = theta[index * b : (index + 1) * b]
         v2 = self.transform.apply(u, theta)
         targets = self.transform.intermediates(u, theta, self.cfg.recon.k)
         return torch.cat([v1, v2]), targets, theta

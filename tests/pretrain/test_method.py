@@ -76,7 +76,7 @@ def test_recon_disabled_is_plain_dinov2() -> None:
     method = build_method(tiny_cfg("recon.enabled=false"))
     assert method.student.encoder.split_head is None
     assert method.student.decoders is None and method.transform is None
-    out = method.compute_losses(method.student, random_batch(), 0.04, transform_generator(0, 0, 0))
+    out = method.compute_losses(method.student, random_batch(), 0.04, transform_generator(0, 0))
     assert out.loss_recon is None and torch.equal(out.loss_total, out.loss_ssl)
     # The heads read backbone tokens directly.
     assert method.student.head.mlp[0].in_features == method.backbone.embed_dim
@@ -87,7 +87,7 @@ def test_recon_enabled_structure_and_losses() -> None:
     method = build_method(cfg)
     assert method.student.head.mlp[0].in_features == 48 - 16  # heads read z_inv
     assert len(method.student.decoders) == cfg.recon.k == 2
-    out = method.compute_losses(method.student, random_batch(), 0.04, transform_generator(0, 0, 0))
+    out = method.compute_losses(method.student, random_batch(), 0.04, transform_generator(0, 0))
     assert out.loss_recon is not None and torch.isfinite(out.loss_total)
     assert torch.allclose(out.loss_total, out.loss_ssl + cfg.recon.lam * out.loss_recon)
     assert [t.shape for t in out.recon_targets] == [(4, 3, 16, 16)] * 2
@@ -97,7 +97,7 @@ def test_recon_enabled_structure_and_losses() -> None:
 
 def test_gradients_reach_student_parts_never_teacher() -> None:
     method = build_method(tiny_cfg())
-    out = method.compute_losses(method.student, random_batch(), 0.04, transform_generator(0, 0, 0))
+    out = method.compute_losses(method.student, random_batch(), 0.04, transform_generator(0, 0))
     out.loss_total.backward()
     s = method.student
     for name, module in [
@@ -117,7 +117,7 @@ def test_recon_loss_gradient_reaches_split_head_equi_slice_only_through_decoders
     """With λ > 0 and SSL weights 0, only z_equi (the last d_equi rows of the split head) learns."""
     cfg = tiny_cfg("method.dino_weight=0", "method.ibot_weight=0", "method.koleo_weight=0")
     method = build_method(cfg)
-    out = method.compute_losses(method.student, random_batch(), 0.04, transform_generator(0, 0, 0))
+    out = method.compute_losses(method.student, random_batch(), 0.04, transform_generator(0, 0))
     out.loss_total.backward()
     w = method.student.encoder.split_head.proj.weight.grad
     assert w[: 48 - 16].abs().sum() == 0 and w[48 - 16 :].abs().sum() > 0
@@ -144,7 +144,7 @@ def test_training_steps_reduce_loss_on_fixed_batch() -> None:
     batch = random_batch(b=8)
     losses = []
     for _ in range(8):
-        out = method.compute_losses(method.student, batch, 0.04, transform_generator(0, 0, 0))
+        out = method.compute_losses(method.student, batch, 0.04, transform_generator(0, 0))
         opt.zero_grad()
         out.loss_total.backward()
         opt.step()

@@ -80,7 +80,7 @@ def test_three_steps_finite_and_gradients_reach_student_only(
     assert (student.decoders is not None) == recon
     assert (method.transform is not None) == recon
     for step in range(3):
-        out = method.compute_losses(student, batch, 0.04, transform_generator(0, 0, step))
+        out = method.compute_losses(student, batch, 0.04, transform_generator(0, step))
         assert torch.isfinite(out.loss_total) and torch.isfinite(out.loss_ssl), step
         assert (out.loss_recon is not None) == recon
         optimizer.zero_grad(set_to_none=True)
@@ -114,9 +114,9 @@ def test_lambda_zero_equals_method_without_decoders(name: str) -> None:
 
     batch = random_batch()
     a = with_decoders.compute_losses(
-        with_decoders.student, batch, 0.04, transform_generator(0, 0, 0)
+        with_decoders.student, batch, 0.04, transform_generator(0, 0)
     )
-    b = without.compute_losses(without.student, batch, 0.04, transform_generator(0, 0, 0))
+    b = without.compute_losses(without.student, batch, 0.04, transform_generator(0, 0))
     assert a.loss_recon is not None and a.loss_recon > 0 and b.loss_recon is None
     assert torch.equal(b.loss_total, b.loss_ssl)
     torch.testing.assert_close(a.loss_total, b.loss_total, rtol=0, atol=0)
@@ -138,7 +138,7 @@ def test_lambda_scales_recon_into_total() -> None:
     for lam in (0.5, 2.0):
         method = build("vicreg", f"recon.lambda={lam}")
         out[lam] = method.compute_losses(
-            method.student, random_batch(), 0.04, transform_generator(0, 0, 0)
+            method.student, random_batch(), 0.04, transform_generator(0, 0)
         )
         torch.testing.assert_close(
             out[lam].loss_total, out[lam].loss_ssl + lam * out[lam].loss_recon
@@ -157,12 +157,12 @@ def test_ibot_center_updates_and_is_in_the_teacher_state() -> None:
     assert torch.equal(teacher.cls_center.center, torch.zeros(1, 64))
 
     batch = random_batch()
-    global_crops, _, _ = method.prepare_views(batch, transform_generator(0, 0, 0))
+    global_crops, _, _ = method.prepare_views(batch, transform_generator(0, 0))
     with torch.no_grad():
         z_inv, _ = teacher.encoder(global_crops)
         cls_mean = teacher.head(z_inv[:, 0]).mean(0, keepdim=True)
         patch_mean = teacher.head(z_inv[:, 1:]).flatten(0, 1).mean(0, keepdim=True)
-    method.compute_losses(method.student, batch, 0.04, transform_generator(0, 0, 0))
+    method.compute_losses(method.student, batch, 0.04, transform_generator(0, 0))
     torch.testing.assert_close(teacher.cls_center.center, 0.2 * cls_mean)
     torch.testing.assert_close(teacher.patch_center.center, 0.2 * patch_mean)
 
@@ -172,7 +172,7 @@ def test_ibot_center_updates_and_is_in_the_teacher_state() -> None:
     assert torch.equal(fresh.teacher.cls_center.center, teacher.cls_center.center)
     assert (
         "cls"
-        in method.compute_losses(method.student, batch, 0.04, transform_generator(0, 0, 1)).terms
+        in method.compute_losses(method.student, batch, 0.04, transform_generator(0, 1)).terms
     )
 
 
@@ -187,7 +187,7 @@ def test_teacher_free_methods_skip_local_crops_and_masks(name: str) -> None:
         lambda _m, args: seen.append(tuple(args[0].shape))
     )
     batch = random_batch()
-    method.compute_losses(method.student, batch, 0.04, transform_generator(0, 0, 0))
+    method.compute_losses(method.student, batch, 0.04, transform_generator(0, 0))
     handle.remove()
     assert seen == [(8, 3, 16, 16)]  # one pass over [v1; v2], no local crops
 
