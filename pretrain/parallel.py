@@ -278,6 +278,10 @@ class DeepSpeedEngine(Engine):
             load_optimizer_states=True,
             load_lr_scheduler_states=False,
         )
+        if self.zero_stage == 3:
+            # Loading leaves some partitioned parameters gathered; release them so the first
+            # steps record the same ZeRO-3 prefetch trace as an uninterrupted run.
+            self.ds_engine.empty_partition_cache()
         if load_path is None:
             raise FileNotFoundError(
                 f"{path / DEEPSPEED_SUBDIR}: no DeepSpeed state in this checkpoint (was it written "
