@@ -115,6 +115,7 @@ class TrainConfig:
     zero_stage: int = 2  # DeepSpeed ZeRO stage 1 | 2 | 3
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     compile: bool = False  # torch.compile each transformer block
+    compile_backend: str = "inductor"  # torch.compile backend (aot_eager: no codegen, for tests)
     precision: str = "fp32"  # fp32 | bf16
     seed: int = 0
     base_lr: float = 4e-3  # lr = base_lr * global_batch / 256 (DESIGN §1.9)
@@ -166,7 +167,7 @@ class EvalConfig:
     # grid); "global" = the eval.pooling vector ([CLS; mean patch]), which is almost invariant to
     # rotations of the input.
     equivariance_features: str = "grid"
-    equivariance_grid: int = 4
+    equivariance_grid: int = 2
     max_train_images: int = 768
     max_test_images: int = 256
     r2_views: int = 2

@@ -74,10 +74,10 @@ def apply_activation_checkpointing(module: nn.Module) -> None:
         checkpoint(block)
 
 
-def apply_compile(module: nn.Module | None) -> None:
+def apply_compile(module: nn.Module | None, backend: str = "inductor") -> None:
     """`torch.compile` each transformer block in place (parameter names are unchanged)."""
     for block in _blocks(module):
-        block.compile()
+        block.compile(backend=backend)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -356,8 +356,8 @@ def build_engine(method: nn.Module, cfg: Any, device: torch.device) -> Engine:
     if tr.activation_checkpointing:
         apply_activation_checkpointing(method.student)
     if tr.compile:
-        apply_compile(method.student)
-        apply_compile(method.teacher)
+        apply_compile(method.student, tr.compile_backend)
+        apply_compile(method.teacher, tr.compile_backend)
     if strategy == "single":
         return Engine(method, method.student)
     if strategy == "ddp":
