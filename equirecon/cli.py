@@ -135,6 +135,26 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """`equirecon bench NAME …`: the scripts of `benchmarks/` (in a source checkout)."""
+    import importlib
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[1])
+    if repo not in sys.path:
+        sys.path.insert(0, repo)  # `benchmarks/` is not an installed package
+    module = importlib.import_module(f"benchmarks.{BENCHMARKS[args.bench_name]}")
+    return int(module.main(args.bench_args) or 0)
+
+
+# `equirecon bench NAME` -> module of `benchmarks/` (each has `main(argv) -> int`).
+BENCHMARKS = {
+    "train-step": "train_step",
+    "gpu-suite": "gpu_suite",
+    "data-throughput": "data_throughput",
+}
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from evals.run import resolve_checkpoint
     from pretrain.export import export_checkpoint
@@ -234,6 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--out", required=True)
     ex.set_defaults(func=_cmd_export)
+
+    be = verbs.add_parser(
+        "bench",
+        help="benchmarks: train-step (recon on/off), gpu-suite, data-throughput",
+        description="Run a benchmark of benchmarks/ (see docs/benchmarks.md); the arguments "
+        "after NAME go to it (`equirecon bench train-step --help`).",
+    )
+    be.add_argument("bench_name", choices=sorted(BENCHMARKS), metavar="NAME")
+    be.add_argument("bench_args", nargs=argparse.REMAINDER, help="the benchmark's arguments")
+    be.set_defaults(func=_cmd_bench)
 
     rep = verbs.add_parser("report", help="tables and plots of the eval metrics of runs")
     rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

@@ -1,0 +1,57 @@
+"""`benchmarks/train_step.py` (`equirecon bench train-step`): recon on vs off, interleaved."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from benchmarks.gpu_suite import TINY_OVERRIDES
+from benchmarks.train_step import StepBench, format_table, run_interleaved, variant_configs
+from equirecon.cli import main as cli_main
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads() -> object:
+    """The benchmarks set torch's thread count; give the rest of the session its own back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_variants_differ_only_in_recon() -> None:
+    cfgs = variant_configs(None, TINY_OVERRIDES)
+    assert cfgs["recon"].recon.enabled and not cfgs["no_recon"].recon.enabled
+    assert cfgs["recon"].model == cfgs["no_recon"].model
+    assert cfgs["recon"].data.backend == "synthetic"
+
+
+def test_interleaved_steps_train_and_report_finite_numbers() -> None:
+    torch.set_num_threads(1)  # restored by the fixture
+    cfgs = variant_configs(None, TINY_OVERRIDES)
+    benches = {name: StepBench(cfg, torch.device("cpu")) for name, cfg in cfgs.items()}
+    student = benches["recon"].method.student
+    before = [p.detach().clone() for p in student.parameters()]
+    results = run_interleaved(benches, rounds=2, steps_per_round=1, warmup=1)
+    changed = any(not torch.equal(a, b.detach()) for a, b in zip(before, student.parameters()))
+    assert changed, "a timed step must update the student"
+    for r in results.values():
+        assert len(r.step_s) == 2 and len(r.round_s) == 2
+        assert math.isfinite(r.img_per_s) and r.img_per_s > 0
+        assert r.mfu is None  # no peak FLOP/s on a CPU
+    table = format_table(results, reference="no_recon")
+    assert "| recon | 4 |" in table and "1.000x" in table
+
+
+@pytest.mark.parametrize("extra", [[], ["--variant", "fp32_bf16:train.precision=bf16"]])
+def test_cli_verb_prints_table_and_overhead(
+    extra: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench", "train-step", "--rounds", "1", "--steps", "1", "--warmup", "1"]
+    argv += ["--threads", "1", *extra, *TINY_OVERRIDES]
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "recon overhead:" in out and "| no_recon |" in out
+    if extra:
+        assert "| fp32_bf16 |" in out
