@@ -110,3 +110,19 @@ def test_checkpoint_reshards_between_world_sizes(engine_runs: Path, name: str) -
         (engine_runs / name / "checkpoints" / "step_00000005" / "meta.json").read_text()
     )
     assert meta["world_size"] == (2 if name == "two_to_one" else 1)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("strategy", ["fsdp2", "deepspeed3"])
+def test_sharded_checkpoints_evaluate_as_one_process(engine_runs: Path, strategy: str) -> None:
+    """The evaluation loader reads the teacher of a sharded (FSDP2 / ZeRO-3) checkpoint in one
+    process, and it is the teacher the single-process run ended with."""
+    import torch
+
+    from evals.run import load_teacher_backbone
+
+    single, _ = load_teacher_backbone(engine_runs / "single" / "checkpoints" / "step_00000010")
+    sharded, _ = load_teacher_backbone(engine_runs / strategy / "checkpoints" / "step_00000010")
+    reference = single.state_dict()
+    for name, value in sharded.state_dict().items():
+        torch.testing.assert_close(value, reference[name], atol=1e-5, rtol=1e-4, msg=name)
