@@ -164,6 +164,49 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_launch(args: argparse.Namespace) -> int:
+    from launch.slurm import (
+        SlurmOptions,
+        describe,
+        format_results,
+        submit_pretraining,
+        wait_for_job,
+    )
+
+    _log_setup()
+    extra = {}
+    for item in args.sbatch:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--sbatch takes KEY=VALUE (an sbatch option), got {item!r}")
+        extra[key.lstrip("-").replace("-", "_")] = value
+    options = SlurmOptions(
+        nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
+        tasks_per_node=args.tasks_per_node,
+        partition=args.partition,
+        time_min=args.time,
+        cpus_per_task=args.cpus_per_task,
+        mem_gb=args.mem_gb,
+        account=args.account,
+        job_name=args.job_name,
+        signal_delay_s=args.signal_delay_s,
+        max_timeouts=args.max_timeouts,
+        extra=extra,
+    )
+    try:
+        options.check()
+    except ValueError as err:
+        raise SystemExit(f"launch slurm: {err}") from None
+    job, cfg = submit_pretraining(args.config, args.overrides, options, folder=args.folder)
+    print(json.dumps(describe(job, cfg, options)), flush=True)
+    if not args.wait:
+        return 0
+    results = wait_for_job(job)
+    print(format_results(results))
+    return 0 if all(not r.get("preempted") for r in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="equirecon", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -270,6 +313,47 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default=None, help="output folder (default: reports/<timestamp>)")
     rep.add_argument("--no-mlflow", action="store_true", help="do not log a report run")
     rep.set_defaults(func=_cmd_report)
+    la = verbs.add_parser("launch", help="launch pretraining on a cluster (Slurm via submitit)")
+    la_cmds = la.add_subparsers(dest="launch_cmd", required=True)
+    sl = la_cmds.add_parser(
+        "slurm",
+        help="submit a pretraining job to Slurm: one task per GPU, requeued on time limit",
+        description="Submit `pretrain` as one Slurm job through submitit: one task per GPU, "
+        "torch.distributed from the Slurm environment, one shared run directory and MLflow run; "
+        "on the time-limit signal (USR2) it checkpoints at a step boundary and requeues itself.",
+    )
+    sl.add_argument("--config", required=True, help="YAML delta over the defaults")
+    sl.add_argument("--nodes", type=int, default=1)
+    sl.add_argument(
+        "--gpus-per-node", type=int, required=True, help="GPUs (= tasks) per node; 0: CPU nodes"
+    )
+    sl.add_argument(
+        "--tasks-per-node", type=int, default=None, help="ranks per node (default: GPUs, or 1)"
+    )
+    sl.add_argument("--partition", default=None, help="Slurm partition (default: the cluster's)")
+    sl.add_argument("--time", type=int, default=60, help="time limit per job, minutes")
+    sl.add_argument("--cpus-per-task", type=int, default=None, help="CPUs per rank")
+    sl.add_argument("--mem-gb", type=float, default=None, help="memory per node")
+    sl.add_argument("--account", default=None, help="Slurm account")
+    sl.add_argument("--job-name", default="equirecon-pretrain")
+    sl.add_argument(
+        "--signal-delay-s",
+        type=int,
+        default=120,
+        help="USR2 this many seconds before the time limit (checkpoint + requeue)",
+    )
+    sl.add_argument("--max-timeouts", type=int, default=3, help="requeues after time limits")
+    sl.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other sbatch option, e.g. --sbatch constraint=a100 (repeatable)",
+    )
+    sl.add_argument("--folder", default=None, help="submitit logs (default: RUN_DIR/slurm)")
+    sl.add_argument("--wait", action="store_true", help="wait for the job (through requeues)")
+    sl.add_argument("overrides", nargs="*", help="key=value config overrides")
+    sl.set_defaults(func=_cmd_launch)
     return parser
 
 

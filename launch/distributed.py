@@ -35,7 +35,10 @@ def init_distributed(backend: str | None = None) -> DistInfo:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    # One GPU per task where the cluster binds GPUs to tasks (only cuda:0 visible), else
+    # cuda:LOCAL_RANK among the node's GPUs.
+    index = local_rank % max(torch.cuda.device_count(), 1) if cuda else 0
+    device = torch.device("cuda", index) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
