@@ -177,9 +177,10 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     extra = {}
     for item in args.sbatch:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--sbatch takes KEY=VALUE (an sbatch option), got {item!r}")
-        extra[key.lstrip("-").replace("-", "_")] = value
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not key:
+            raise SystemExit(f"--sbatch takes KEY=VALUE or KEY (an sbatch option), got {item!r}")
+        extra[key] = value if sep else True  # KEY alone: a flag such as exclusive
     options = SlurmOptions(
         nodes=args.nodes,
         gpus_per_node=args.gpus_per_node,
@@ -348,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any other sbatch option, e.g. --sbatch constraint=a100 (repeatable)",
+        help="any other sbatch option, e.g. --sbatch constraint=a100 --sbatch exclusive",
     )
     sl.add_argument("--folder", default=None, help="submitit logs (default: RUN_DIR/slurm)")
     sl.add_argument("--wait", action="store_true", help="wait for the job (through requeues)")

@@ -21,6 +21,11 @@ One Slurm task per GPU (`--gpus-per-node G` gives G tasks per node; on CPU-only 
    requeued by Slurm itself (PreemptMode=REQUEUE), a cancelled one is not. submitit stops
    requeueing after `--max-timeouts` time limits (preemptions are not counted).
 
+With `eval.watch=true`, rank 0 also runs the background eval watcher (`evals.watch`, local eval
+jobs inside the allocation); after a stop signal it is not waited for (the requeued job's watcher
+retries the evals that were cut short). `equirecon eval watch RUN_DIR --executor slurm` instead
+runs each eval as its own Slurm job.
+
 Nothing here imports torch at module import time: the submitting side only needs submitit.
 """
 
@@ -184,7 +189,7 @@ class PretrainJob:
         self.requeue_wait_s = requeue_wait_s
 
     def __call__(self) -> dict[str, Any]:
-        from evals.watch import background_watcher
+        from evals.watch import start_watcher, stop_watcher
         from launch.distributed import destroy, init_distributed
         from pretrain.train import Trainer
 
@@ -206,8 +211,19 @@ class PretrainJob:
             os.environ.get("SLURM_RESTART_COUNT", "0"),
         )
         trainer = Trainer(self.cfg, info)
-        with background_watcher(self.cfg, info.is_main):
+        eval_cfg = self.cfg.eval
+        watcher = None
+        if eval_cfg.watch and info.is_main:  # evaluate checkpoints as they land (local jobs)
+            watcher = start_watcher(
+                self.cfg.run.dir, eval_cfg.watch_poll_seconds, eval_cfg.watch_timeout_min
+            )
+        try:
             last = trainer.fit(should_stop=stop)
+        finally:
+            # Not after a stop signal: the time left goes to the checkpoint and the requeue; the
+            # requeued job's watcher retries the evals that were cut short.
+            if watcher is not None and not trainer.preempted:
+                stop_watcher(watcher)
         result = {
             "rank": info.rank,
             "world_size": info.world_size,

@@ -88,7 +88,7 @@ def test_sbatch_script_has_requeue_signal_and_tasks(
         (fake_bin / "srun").chmod(0o755)
         monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
     options = SlurmOptions(nodes=2, gpus_per_node=4, partition="gpu", time_min=600)
-    options.extra = {"constraint": "a100"}
+    options.extra = {"constraint": "a100", "exclusive": True}
     executor = build_executor(options, tmp_path / "jobs")
     script = executor._executor._make_submission_file_text("python -m job", "uid")
     for line in (
@@ -100,6 +100,7 @@ def test_sbatch_script_has_requeue_signal_and_tasks(
         "--signal=USR2@120",
         "--requeue",
         "--constraint=a100",
+        "--exclusive",
     ):
         assert f"#SBATCH {line}" in script, script
 
