@@ -41,9 +41,11 @@ install_packages() {
     exit 2
   fi
   log "installing slurmctld slurmd slurm-client munge (apt-get)"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    slurmctld slurmd slurm-client munge >/dev/null
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null; }; then
+    log "apt-get could not install slurmctld slurmd slurm-client munge (offline mirror?)"
+    exit 2
+  fi
 }
 
 write_conf() {
