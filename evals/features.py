@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 FeatureFn = Callable[[Tensor], Tensor]
 """Maps a batch of normalized images (B, 3, H, W) to one feature vector per image (B, D)."""
 
 POOLINGS = ("cls", "cls+mean", "mean")
+EQUIVARIANCE_FEATURES = ("grid", "global")
 
 
 def extract_features(
@@ -104,3 +106,24 @@ def backbone_feature_fn(
         return torch.cat([cls, patch_mean], dim=-1)
 
     return feature_fn
+
+
+def pool_patch_grid(patch_grid: Tensor, grid: int) -> Tensor:
+    """Average-pool a patch-feature map to grid x grid cells and flatten it, layout kept.
+
+    Args:
+        patch_grid: (B, D, h, w) features of the patches on their grid.
+        grid: side of the pooled grid (adaptive average pooling); 0 keeps the full h x w grid.
+
+    Returns:
+        (B, D * g * g) features, channel-major (all cells of channel 0 first).
+    """
+    if patch_grid.ndim != 4:
+        raise ValueError(f"patch_grid must be (B, D, h, w), got {tuple(patch_grid.shape)}")
+    if grid < 0:
+        raise ValueError(f"grid must be >= 0 (0: the full patch grid), got {grid}")
+    if grid and grid > min(patch_grid.shape[-2:]):
+        raise ValueError(f"grid {grid} exceeds the patch grid {tuple(patch_grid.shape[-2:])}")
+    if grid:
+        patch_grid = F.adaptive_avg_pool2d(patch_grid, grid)
+    return patch_grid.flatten(1)

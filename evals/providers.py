@@ -15,7 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from evals.features import backbone_feature_fn
+from evals.features import (
+    EQUIVARIANCE_FEATURES,
+    FeatureFn,
+    backbone_feature_fn,
+    pool_patch_grid,
+)
 
 FLOORS = ("pixels", "random")
 
@@ -33,6 +38,25 @@ class FeatureProvider:
     def patch_features(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) normalized images -> (B, D_p, H/p, W/p) features, p = `patch_size`."""
         raise NotImplementedError
+
+    def grid_features(self, images: Tensor, grid: int) -> Tensor:
+        """(B, 3, H, W) -> the patch features average-pooled to grid x grid, flattened.
+
+        The spatial layout survives (unlike the global feature), so a rotation of the input
+        shows in it; 0 keeps the full patch grid.
+        """
+        return pool_patch_grid(self.patch_features(images), grid)
+
+    def equivariance_fn(self, kind: str = "grid", grid: int = 2) -> FeatureFn:
+        """What the equivariance regressor reads of one image: "grid" (`grid_features`) or
+        "global" (`global_features`)."""
+        if kind not in EQUIVARIANCE_FEATURES:
+            raise ValueError(
+                f"unknown equivariance features {kind!r}; choose one of {list(EQUIVARIANCE_FEATURES)}"
+            )
+        if kind == "global":
+            return self.global_features
+        return lambda images: self.grid_features(images, grid)
 
     def to(self, device: torch.device | str) -> FeatureProvider:
         return self
@@ -56,8 +80,19 @@ class BackboneFeatures(FeatureProvider):
         return self._global(images)
 
     def patch_features(self, images: Tensor) -> Tensor:
-        b, _, h, w = images.shape
-        tokens = self.backbone(images)[:, self.num_prefix_tokens :]  # (B, N, D)
+        return self._patch_grid(self.backbone(images), images.shape)
+
+    def grid_features(self, images: Tensor, grid: int) -> Tensor:
+        """[CLS; patch tokens pooled to grid x grid, flattened] from one backbone forward."""
+        tokens = self.backbone(images)
+        return torch.cat(
+            [tokens[:, 0], pool_patch_grid(self._patch_grid(tokens, images.shape), grid)], 1
+        )
+
+    def _patch_grid(self, tokens: Tensor, image_shape: torch.Size) -> Tensor:
+        """Tokens (B, P + N, D) -> the N patch tokens on their grid (B, D, H/p, W/p)."""
+        b, _, h, w = image_shape
+        tokens = tokens[:, self.num_prefix_tokens :]  # (B, N, D)
         grid_h, grid_w = h // self.patch_size, w // self.patch_size
         if tokens.shape[1] != grid_h * grid_w:
             raise ValueError(

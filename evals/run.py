@@ -169,7 +169,7 @@ def _task_equivariance(provider: FeatureProvider, ctx: EvalContext) -> TaskResul
     metrics, details = {}, {}
     for name in _split(e.equivariance_transforms):
         res = equivariance_r2(
-            provider.global_features,
+            provider.equivariance_fn(e.equivariance_features, e.equivariance_grid),
             train_x,
             test_x,
             build_transform(name, size),
@@ -182,7 +182,11 @@ def _task_equivariance(provider: FeatureProvider, ctx: EvalContext) -> TaskResul
             progress=ctx.progress,
         )
         metrics[f"eval/equivariance/{name}_r2"] = float(res["r2"])
-        details[name] = res
+        details[name] = {
+            **res,
+            "features": e.equivariance_features,
+            "grid": e.equivariance_grid if e.equivariance_features == "grid" else None,
+        }
     return metrics, details
 
 

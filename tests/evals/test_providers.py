@@ -58,3 +58,47 @@ def test_random_floor_has_the_same_shape_and_a_fixed_seed(backbone: torch.nn.Mod
     assert build_provider(backbone, "random", seed=1).name == "random"
     with pytest.raises(ValueError, match="floor"):
         build_provider(backbone, "noise")
+
+
+def test_grid_features_keep_the_layout_and_the_cls_token(backbone: torch.nn.Module) -> None:
+    images = torch.randn(2, 3, 16, 16)
+    provider = build_provider(backbone)
+    with torch.no_grad():
+        tokens = backbone(images)
+        patch = provider.patch_features(images)  # (2, 32, 4, 4)
+        grid2 = provider.grid_features(images, 2)
+        full = provider.grid_features(images, 0)
+    assert grid2.shape == (2, 32 + 32 * 2 * 2) and full.shape == (2, 32 + 32 * 4 * 4)
+    torch.testing.assert_close(grid2[:, :32], tokens[:, 0])  # CLS first
+    cells = grid2[:, 32:].view(2, 32, 2, 2)
+    torch.testing.assert_close(cells[:, :, 1, 0], patch[:, :, 2:4, 0:2].mean((2, 3)))
+    torch.testing.assert_close(full[:, 32:], patch.flatten(1))
+    with pytest.raises(ValueError, match="grid"):
+        provider.grid_features(images, 5)
+
+
+def test_equivariance_fn_selects_grid_or_global(backbone: torch.nn.Module) -> None:
+    images = torch.randn(2, 3, 16, 16)
+    provider = build_provider(backbone)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            provider.equivariance_fn("global")(images), provider.global_features(images)
+        )
+        torch.testing.assert_close(
+            provider.equivariance_fn("grid", 2)(images), provider.grid_features(images, 2)
+        )
+    with pytest.raises(ValueError, match="equivariance features"):
+        provider.equivariance_fn("tokens")
+
+
+def test_grid_features_see_a_rotation_that_the_pooled_vector_misses() -> None:
+    # A patch-mean is blind to where things are; the pooled grid is not: rotating a bright
+    # quadrant by 90° leaves the mean of the pixel patches unchanged but moves a grid cell.
+    image = torch.zeros(1, 3, 8, 8)
+    image[..., :4, :4] = 1.0
+    rotated = torch.rot90(image, 1, dims=(-2, -1))
+    pixels = PixelFeatures(patch_size=2)
+    mean = lambda x: pixels.patch_features(x).mean((2, 3))  # noqa: E731
+    assert torch.equal(mean(image), mean(rotated))
+    assert not torch.equal(pixels.grid_features(image, 2), pixels.grid_features(rotated, 2))
+    assert pixels.equivariance_fn("grid", 0)(image).shape == (1, 12 * 4 * 4)

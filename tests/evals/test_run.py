@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from torch import Tensor
 
 from equirecon.cli import build_parser, main
 from equirecon.config import EvalConfig, load_config, save_config
-from evals.run import TASKS, _apply_eval_settings, checkpoint_config, parse_tasks
+from evals.providers import PixelFeatures
+from evals.run import TASKS, _apply_eval_settings, checkpoint_config, parse_tasks, run_tasks
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,3 +93,51 @@ def test_cli_routes_eval_watch_and_needs_data_for_exports(tmp_path: Path) -> Non
         parser.parse_args(["eval", "--checkpoint", "C", "--export", "E"])
     # `eval watch` on an empty run: nothing to do, exit code 0.
     assert main(["eval", "watch", str(tmp_path / "run"), "--once", "--poll-seconds", "0.1"]) == 0
+
+
+class _SpyPixels(PixelFeatures):
+    """Raw pixels that record the widths of the features the equivariance task asked for."""
+
+    def __init__(self) -> None:
+        super().__init__(patch_size=4)
+        self.widths: list[int] = []
+
+    def global_features(self, images: Tensor) -> Tensor:
+        out = super().global_features(images)
+        self.widths.append(out.shape[1])
+        return out
+
+    def grid_features(self, images: Tensor, grid: int) -> Tensor:
+        out = super().grid_features(images, grid)
+        self.widths.append(out.shape[1])
+        return out
+
+
+@pytest.mark.parametrize(
+    ("features", "grid", "width"),
+    [("grid", 2, 48 * 2 * 2), ("grid", 0, 48 * 8 * 8), ("global", 2, 3 * 32 * 32)],
+)
+def test_equivariance_task_reads_the_configured_features(
+    demo_data: Path, features: str, grid: int, width: int
+) -> None:
+    assert (EvalConfig().equivariance_features, EvalConfig().equivariance_grid) == ("grid", 2)
+    e = _apply_eval_settings(
+        EvalConfig(),
+        None,
+        [
+            "eval.equivariance_transforms=rotation",
+            f"eval.equivariance_features={features}",
+            f"eval.equivariance_grid={grid}",
+            "eval.max_train_images=16",
+            "eval.max_test_images=8",
+            "eval.r2_views=1",
+            "eval.r2_epochs=1",
+            "eval.r2_hidden=8",
+        ],
+    )
+    spy = _SpyPixels()
+    out = run_tasks(spy, e, ["equivariance"], str(demo_data), 32)
+    assert set(spy.widths) == {width}
+    details = out["details"]["equivariance"]["rotation"]
+    assert details["features"] == features
+    assert details["grid"] == (grid if features == "grid" else None)
