@@ -3,7 +3,8 @@
 #
 #   bash launch/local_slurm.sh start    # install (root, Debian) + start munged, slurmctld, slurmd
 #   bash launch/local_slurm.sh status   # sinfo, and the PIDs this script started
-#   bash launch/local_slurm.sh stop     # stop the daemons this script started (by PID), nothing else
+#   bash launch/local_slurm.sh stop     # let jobs finish (30 s, then scancel), stop the daemons
+#                                       # this script started (by PID), nothing else
 #
 # What `start` does:
 # - root and `slurmctld` missing: `apt-get install slurmctld slurmd slurm-client munge` (Debian 12:
@@ -124,11 +125,25 @@ start() {
   [[ -s /etc/munge/munge.key ]] || { /usr/sbin/mungekey --create >/dev/null 2>&1 \
     && chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key; }
   write_conf
+  local fresh_ctld=
+  is_alive "$(pid_from /run/slurm/slurmctld.pid)" || fresh_ctld=1
   start_daemon munged /run/munge/munged.pid runuser -u munge -- /usr/sbin/munged
+  # -i: keep the saved state (job ids go on increasing, so submitit's per-job folders never
+  # collide with those of an earlier start) ...
   start_daemon slurmctld /run/slurm/slurmctld.pid /usr/sbin/slurmctld -i
   start_daemon slurmd /run/slurm/slurmd.pid /usr/sbin/slurmd
-  for _ in $(seq 60); do
-    if sinfo -h -o %t 2>/dev/null | grep -qE '^(idle|mix|alloc)'; then
+  if [[ -n "$fresh_ctld" ]]; then
+    # ... but jobs recovered from it belong to daemons that are gone: cancel them.
+    local stale
+    stale=$(squeue -h -o %i 2>/dev/null || true)
+    if [[ -n "$stale" ]]; then
+      log "cancelling jobs left from an earlier start: $(echo "$stale" | tr '\n' ' ')"
+      # shellcheck disable=SC2086 # one job id per word
+      scancel --full $stale 2>/dev/null || true
+    fi
+  fi
+  for _ in $(seq 120); do
+    if sinfo -h -o %t 2>/dev/null | grep -qE '^(idle|mix)' && [[ -z "$(squeue -h -o %i -t R,CG)" ]]; then
       log "ready: $(sinfo -h -o '%P %D %t %c CPUs' | head -1)"
       return 0
     fi
@@ -138,8 +153,30 @@ start() {
   exit 1
 }
 
+# Let the jobs finish (a job writes its results a few seconds before its processes are gone),
+# then cancel what is left: stopping slurmd under a running job orphans its slurmstepd.
+drain() {
+  local jobs
+  for _ in $(seq 60); do
+    jobs=$(squeue -h -o %i 2>/dev/null || true)
+    [[ -z "$jobs" ]] && return 0
+    sleep 0.5
+  done
+  log "cancelling the jobs still there: $(echo "$jobs" | tr '\n' ' ')"
+  # shellcheck disable=SC2086 # one job id per word
+  scancel --full $jobs 2>/dev/null || true
+  for _ in $(seq 60); do
+    [[ -z "$(squeue -h -o %i 2>/dev/null || true)" ]] && return 0
+    sleep 0.5
+  done
+  log "jobs still listed after scancel: $(squeue -h -o '%i %T' 2>/dev/null | tr '\n' ' ')"
+}
+
 stop() {
   local name pid
+  if is_alive "$(pid_from "$STATE_DIR/slurmd.pid")"; then
+    drain
+  fi
   for name in slurmd slurmctld munged; do
     [[ -f "$STATE_DIR/$name.pid" ]] || continue
     pid=$(pid_from "$STATE_DIR/$name.pid")
