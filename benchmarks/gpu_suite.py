@@ -12,6 +12,8 @@ Checks (each a group of table rows):
   and xformers when importable;
 - ``transform``: device-side cost of g_θ and its K intermediates (`data_pipeline.transforms`)
   per image, for each registered transform, at the global crop size;
+- ``drop_path``: the recon step with our batch-subset stochastic depth (the default: each
+  block's branches run only on the kept samples) vs timm's 0/1 mask (computes every sample);
 - ``compile``: the step with ``train.compile=true`` (each block compiled) vs eager.
 
 Needs only torch + timm (+ PyYAML): imports `pretrain.models/losses/methods/meters/parallel`,
@@ -243,6 +245,35 @@ def compile_blocks(method: torch.nn.Module, backend: str) -> None:
                 block.compile(backend=backend)
 
 
+def check_drop_path(
+    suite: Suite,
+    config: str | None,
+    overrides: list[str],
+    device: torch.device,
+    args: argparse.Namespace,
+) -> None:
+    """Batch-subset stochastic depth (our default) vs timm's 0/1 mask, recon on, interleaved."""
+    b = getattr(args, "batch_used", None)
+    cfg = bench_config(config, [*overrides, *([f"train.batch_size={b}"] if b else [])])
+    if cfg.model.drop_path <= 0:
+        suite.add("drop_path", "subset", "img/s", None, "img/s/device", "model.drop_path=0")
+        return
+    if suite.left_s() < args.compile_min_s / 2:
+        suite.add("drop_path", "subset", "img/s", None, "img/s/device", "skipped: time budget")
+        return
+    benches = {}
+    try:
+        for mode in ("subset", "mask"):
+            benches[mode] = StepBench(cfg, device, name=mode, drop_path_mode=mode)
+        results = run_interleaved(
+            benches, args.rounds, args.steps, args.warmup, budget_s=max(suite.left_s() * 0.3, 1.0)
+        )
+    finally:
+        for bench in benches.values():
+            bench.close()
+    _step_rows(suite, "drop_path", results, "mask", device)
+
+
 # ---- attention backends ----------------------------------------------------------------------
 
 
@@ -421,8 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-s", type=float, default=None, help="whole-suite time budget")
     p.add_argument(
         "--checks",
-        default="step,attention,transform,compile",
-        help="comma-separated subset of step,attention,transform,compile",
+        default="step,drop_path,attention,transform,compile",
+        help="comma-separated subset of step,drop_path,attention,transform,compile",
     )
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile check")
     p.add_argument(
@@ -470,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     step_s_per_image = None
     if "step" in checks:
         step_s_per_image = check_step(suite, config, overrides, device, args)
+    if "drop_path" in checks:
+        check_drop_path(suite, config, overrides, device, args)
     batch = getattr(args, "batch_used", cfg.train.batch_size)
     reps = 5 if tiny else 10
     if "attention" in checks:

@@ -40,6 +40,7 @@ from data_pipeline.synthetic import SyntheticLoader
 from equirecon.config import Config, load_config
 from pretrain.meters import device_peak_flops, ssl_step_flops
 from pretrain.methods import build_method
+from pretrain.models.backbone import set_drop_path_mode
 from pretrain.parallel import build_engine
 
 __all__ = [
@@ -95,12 +96,21 @@ class StepBench:
     """One method + engine + fixed synthetic batches on `device`; `step()` runs one update."""
 
     def __init__(
-        self, cfg: Config, device: torch.device, n_batches: int = 2, name: str = ""
+        self,
+        cfg: Config,
+        device: torch.device,
+        n_batches: int = 2,
+        name: str = "",
+        drop_path_mode: str | None = None,
     ) -> None:
         self.cfg, self.device, self.name = cfg, device, name or "run"
         mem_before = _allocated(device)
         torch.manual_seed(cfg.train.seed)
         self.method = build_method(cfg).to(device)
+        if drop_path_mode is not None:  # before the engine: compile sees the final forward
+            for module in (self.method.student, self.method.teacher):
+                if module is not None:
+                    set_drop_path_mode(module.encoder.backbone, drop_path_mode)
         self.engine = build_engine(self.method, cfg, device)
         self.method.train()
         backbone = self.method.backbone
@@ -272,12 +282,28 @@ def format_table(results: dict[str, VariantResult], reference: str | None = None
     return "\n".join(lines)
 
 
+BENCH_KEYS = ("bench.drop_path",)  # variant settings that are not config keys
+
+
 def variant_configs(
     config: str | None, overrides: list[str], extra: dict[str, list[str]] | None = None
-) -> dict[str, Config]:
-    """{"recon": cfg, "no_recon": cfg with recon.enabled=false, **extra variants}."""
+) -> dict[str, tuple[Config, dict[str, str]]]:
+    """{"recon": cfg, "no_recon": cfg with recon.enabled=false, **extra variants}, each with its
+    benchmark-only settings (`bench.drop_path=subset|mask`: `set_drop_path_mode`)."""
     variants = {"recon": [], "no_recon": ["recon.enabled=false"], **(extra or {})}
-    return {name: bench_config(config, [*overrides, *delta]) for name, delta in variants.items()}
+    out = {}
+    for name, delta in variants.items():
+        items = [*overrides, *delta]
+        options = {}
+        for item in items:
+            key, _, value = item.partition("=")
+            if key.startswith("bench."):
+                if key not in BENCH_KEYS:
+                    raise ValueError(f"unknown benchmark setting {key!r}; choose {BENCH_KEYS}")
+                options[key.removeprefix("bench.")] = value
+        cfg_items = [i for i in items if not i.startswith("bench.")]
+        out[name] = (bench_config(config, cfg_items), options)
+    return out
 
 
 def machine_line(device: torch.device) -> str:
@@ -337,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME:key=value,key=value",
-        help="an extra variant (e.g. 'compiled:train.compile=true'), timed with the others",
+        help="an extra variant (e.g. 'compiled:train.compile=true', 'timm_dp:bench.drop_path=mask'"
+        "), timed with the others",
     )
     p.add_argument(
         "--profile", type=int, default=0, help="print a torch.profiler table of N recon steps"
@@ -356,8 +383,11 @@ def main(argv: list[str] | None = None) -> int:
         name, _, deltas = spec.partition(":")
         extra[name] = [d for d in deltas.split(",") if d]
     cfgs = variant_configs(args.config, args.overrides, extra)
-    benches = {name: StepBench(cfg, device, name=name) for name, cfg in cfgs.items()}
-    cfg = cfgs["recon"]
+    benches = {
+        name: StepBench(cfg, device, name=name, drop_path_mode=opts.get("drop_path"))
+        for name, (cfg, opts) in cfgs.items()
+    }
+    cfg = cfgs["recon"][0]
     print(machine_line(device))
     print(
         f"arch {cfg.model.arch} (patch {benches['recon'].method.backbone.patch_size}), method "
@@ -368,6 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     results = run_interleaved(benches, args.rounds, args.steps, args.warmup)
     print(format_table(results, reference="no_recon"))
+    for name in results:
+        if name not in ("recon", "no_recon"):
+            ratio = paired_ratio(results[name], results["recon"])
+            print(f"{name}: step time {ratio:.3f}x of recon (median of per-round ratios)")
     overhead = paired_ratio(results["recon"], results["no_recon"]) - 1
     print(f"recon overhead: {100 * overhead:+.1f}% of the step time (median of per-round ratios)")
     if args.profile:

@@ -72,6 +72,55 @@ class Backbone(nn.Module):
         return vit.norm(x)
 
 
+def _residual(x: torch.Tensor, branch: Any, drop: nn.Module, training: bool) -> torch.Tensor:
+    """x + drop_path(branch(x)), with `branch` computed only on the samples that are kept.
+
+    Stochastic depth drops the residual branch of a random subset of samples; instead of
+    computing the branch for all of them and multiplying by a 0/1 mask (timm's `DropPath`), take
+    the kept rows, run the branch on them only and add it back scaled by b/kept. Exactly
+    round(b·p) samples are dropped per call (the same expected update as a Bernoulli(p) mask);
+    when that is 0 (b·p < 0.5) the branch is applied to every sample.
+    """
+    p = float(getattr(drop, "drop_prob", 0.0))
+    b = x.shape[0]
+    n_drop = round(b * p) if training and p > 0 else 0
+    if n_drop == 0:
+        return x + branch(x)
+    keep = max(b - n_drop, 1)
+    kept = torch.randperm(b, device=x.device)[:keep]
+    out = branch(x[kept])
+    return torch.index_add(x, 0, kept, out.to(x.dtype), alpha=b / keep)
+
+
+def _subset_drop_path_block_forward(
+    self: nn.Module,
+    x: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """timm `Block.forward` with batch-subset stochastic depth (see `_residual`)."""
+    if attn_mask is not None or is_causal:
+        return type(self).forward(self, x, attn_mask=attn_mask, is_causal=is_causal)
+    x = _residual(x, lambda y: self.ls1(self.attn(self.norm1(y))), self.drop_path1, self.training)
+    return _residual(x, lambda y: self.ls2(self.mlp(self.norm2(y))), self.drop_path2, self.training)
+
+
+DROP_PATH_MODES = ("subset", "mask")
+
+
+def set_drop_path_mode(backbone: Backbone, mode: str) -> None:
+    """`subset` (default): stochastic depth computes each block's branches only on the kept
+    samples (saves ~drop-rate of the student's block FLOPs); `mask`: timm's `DropPath`
+    (computes everything, multiplies by a 0/1 mask). Blocks without drop-path are untouched."""
+    if mode not in DROP_PATH_MODES:
+        raise ValueError(f"drop-path mode {mode!r}; choose one of {DROP_PATH_MODES}")
+    for blk in backbone.blocks:
+        blk.__dict__.pop("forward", None)
+        probs = [getattr(blk, n, None) for n in ("drop_path1", "drop_path2")]
+        if mode == "subset" and any(getattr(d, "drop_prob", 0.0) > 0 for d in probs):
+            blk.forward = types.MethodType(_subset_drop_path_block_forward, blk)
+
+
 def _xformers_attention_forward(
     self: nn.Module,
     x: torch.Tensor,
@@ -137,9 +186,13 @@ def build_backbone(
     embed_dim: int | None = None,
     depth: int | None = None,
     num_heads: int | None = None,
+    drop_path_mode: str = "subset",
     **overrides: Any,
 ) -> Backbone:
-    """Create the backbone `arch` (random init; nothing is downloaded)."""
+    """Create the backbone `arch` (random init; nothing is downloaded).
+
+    `drop_path_mode`: how stochastic depth is computed (`set_drop_path_mode`).
+    """
     if arch not in ARCHS:
         raise KeyError(f"unknown model.arch {arch!r}; choose one of {list_archs()}")
     spec = ARCHS[arch]
@@ -162,6 +215,7 @@ def build_backbone(
     vit = timm.create_model(spec.timm_name, **kwargs)
     backbone = Backbone(vit)
     set_attention_backend(backbone, attention)
+    set_drop_path_mode(backbone, drop_path_mode)
     return backbone
 
 

@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 # Not installed on the lent GPU machines: the suite must not need them.
 BLOCKED = ("mlflow", "webdataset", "nvidia", "deepspeed", "submitit", "xformers")
-EXPECTED_CHECKS = {"step", "attention", "transform", "compile"}
+EXPECTED_CHECKS = {"step", "drop_path", "attention", "transform", "compile"}
 
 BLOCKER = f"""
 import sys
@@ -87,6 +87,7 @@ def test_tiny_suite_covers_recon_overhead_backends_transforms(suite_output: str)
             assert by_key[("step", variant, metric)] != "n/a"
     assert float(by_key[("step", "recon", "step_time_ratio")]) > 0
     assert float(by_key[("compile", "compiled", "step_time_ratio")]) > 0
+    assert float(by_key[("drop_path", "subset", "step_time_ratio")]) > 0
     attention = {r[1]: r[3] for r in rows if r[0] == "attention"}
     assert attention["explicit (model.attention=math)"] != "n/a"
     assert attention["sdpa auto (model.attention=sdpa)"] != "n/a"

@@ -21,16 +21,20 @@ def _restore_threads() -> object:
 
 
 def test_variants_differ_only_in_recon() -> None:
-    cfgs = variant_configs(None, TINY_OVERRIDES)
-    assert cfgs["recon"].recon.enabled and not cfgs["no_recon"].recon.enabled
-    assert cfgs["recon"].model == cfgs["no_recon"].model
-    assert cfgs["recon"].data.backend == "synthetic"
+    cfgs = variant_configs(None, TINY_OVERRIDES, {"dp": ["bench.drop_path=mask"]})
+    recon, no_recon = cfgs["recon"][0], cfgs["no_recon"][0]
+    assert recon.recon.enabled and not no_recon.recon.enabled
+    assert recon.model == no_recon.model
+    assert recon.data.backend == "synthetic"
+    assert cfgs["dp"][1] == {"drop_path": "mask"} and cfgs["recon"][1] == {}
+    with pytest.raises(ValueError, match="bench.nope"):
+        variant_configs(None, ["bench.nope=1"])
 
 
 def test_interleaved_steps_train_and_report_finite_numbers() -> None:
     torch.set_num_threads(1)  # restored by the fixture
     cfgs = variant_configs(None, TINY_OVERRIDES)
-    benches = {name: StepBench(cfg, torch.device("cpu")) for name, cfg in cfgs.items()}
+    benches = {name: StepBench(cfg, torch.device("cpu")) for name, (cfg, _) in cfgs.items()}
     student = benches["recon"].method.student
     before = [p.detach().clone() for p in student.parameters()]
     results = run_interleaved(benches, rounds=2, steps_per_round=1, warmup=1)
@@ -44,7 +48,9 @@ def test_interleaved_steps_train_and_report_finite_numbers() -> None:
     assert "| recon | 4 |" in table and "1.000x" in table
 
 
-@pytest.mark.parametrize("extra", [[], ["--variant", "fp32_bf16:train.precision=bf16"]])
+@pytest.mark.parametrize(
+    "extra", [[], ["--variant", "bf16:train.precision=bf16,bench.drop_path=mask"]]
+)
 def test_cli_verb_prints_table_and_overhead(
     extra: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -54,4 +60,4 @@ def test_cli_verb_prints_table_and_overhead(
     out = capsys.readouterr().out
     assert "recon overhead:" in out and "| no_recon |" in out
     if extra:
-        assert "| fp32_bf16 |" in out
+        assert "| bf16 |" in out and "bf16: step time" in out

@@ -1,0 +1,78 @@
+"""Batch-subset stochastic depth (`pretrain.models.backbone.set_drop_path_mode`)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from pretrain.models.backbone import _residual, build_backbone, set_drop_path_mode
+
+
+def _tiny(drop_path: float, mode: str = "subset") -> nn.Module:
+    return build_backbone(
+        "vit_tiny", img_size=16, patch_size=4, embed_dim=32, depth=3, num_heads=2,
+        drop_path=drop_path, drop_path_mode=mode,
+    )  # fmt: skip
+
+
+def test_residual_runs_the_branch_on_kept_rows_only_and_rescales() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(10, 5, 4, requires_grad=True)
+    seen: list[int] = []
+
+    def branch(y: torch.Tensor) -> torch.Tensor:
+        seen.append(y.shape[0])
+        return 2 * y + 1
+
+    drop = nn.Identity()
+    drop.drop_prob = 0.3
+    out = _residual(x, branch, drop, training=True)
+    assert seen == [7]  # round(10 * 0.3) = 3 rows dropped
+    full = x + (10 / 7) * (2 * x + 1)
+    kept = torch.isclose(out, full).flatten(1).all(1)
+    dropped = torch.isclose(out, x).flatten(1).all(1)
+    assert int(kept.sum()) == 7 and int(dropped.sum()) == 3
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_residual_is_the_plain_residual_in_eval_or_below_one_dropped_sample() -> None:
+    x = torch.randn(4, 3)
+    drop = nn.Identity()
+    drop.drop_prob = 0.1  # 4 * 0.1 rounds to 0 dropped samples
+    for training in (True, False):
+        assert torch.equal(_residual(x, lambda y: y * 3, drop, training), x + x * 3)
+    drop.drop_prob = 0.5
+    assert torch.equal(_residual(x, lambda y: y * 3, drop, training=False), x + x * 3)
+
+
+def test_subset_mode_matches_timm_without_dropping() -> None:
+    torch.manual_seed(0)
+    subset, mask = _tiny(0.2, "subset"), _tiny(0.2, "mask")
+    mask.load_state_dict(subset.state_dict())
+    assert all("forward" in blk.__dict__ for blk in list(subset.blocks)[1:])
+    assert not any("forward" in blk.__dict__ for blk in mask.blocks)
+    images = torch.randn(3, 3, 16, 16)
+    subset.eval(), mask.eval()
+    torch.testing.assert_close(subset(images), mask(images))
+
+
+def test_subset_mode_trains_and_survives_deepcopy() -> None:
+    torch.manual_seed(0)
+    bb = _tiny(0.5)
+    teacher = copy.deepcopy(bb)
+    for blk in teacher.blocks:
+        if "forward" in blk.__dict__:
+            assert blk.forward.__self__ is blk  # rebound to the copy, not the original
+    bb.train()
+    out = bb(torch.randn(8, 3, 16, 16))
+    out.float().pow(2).mean().backward()
+    assert all(p.grad is not None for p in bb.blocks.parameters())
+
+
+def test_unknown_mode_is_an_error() -> None:
+    with pytest.raises(ValueError, match="drop-path mode"):
+        set_drop_path_mode(_tiny(0.1), "fast")
