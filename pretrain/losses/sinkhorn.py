@@ -84,8 +84,9 @@ def sinkhorn_knopp(teacher_logits: Tensor, temperature: float, n_iterations: int
     log_q = (teacher_logits.float() / temperature).t()  # (K, N)
     for _ in range(n_iterations):
         # Each prototype (row) receives total mass 1/K over the global batch.
-        log_q = log_q - _global_logsumexp_over_samples(log_q, distributed) - log_k
+        # (Scalars are folded into the (K, 1) / (1, N) vectors: one pass over log_q each.)
+        log_q = log_q - (_global_logsumexp_over_samples(log_q, distributed) + log_k)
         # Each sample (column) receives total mass 1/B.
-        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - log_b
+        log_q = log_q - (torch.logsumexp(log_q, dim=0, keepdim=True) + log_b)
     # Scale columns to sum to 1 so that every sample holds a probability vector.
-    return torch.exp(log_q + log_b).t().contiguous()
+    return log_q.add_(log_b).exp_().t().contiguous()
