@@ -19,6 +19,11 @@ from data_pipeline.batch import IMAGENET_MEAN, IMAGENET_STD
 from data_pipeline.transforms.base import EquiTransform, register_transform
 
 _LUMA = (0.299, 0.587, 0.114)
+# RGB -> YIQ and back (float64, inverted once here: `torch.linalg.inv` on a GPU syncs the host).
+_TO_YIQ = torch.tensor(
+    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64
+)
+_FROM_YIQ = torch.linalg.inv(_TO_YIQ)
 
 
 def _stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,10 +39,8 @@ def _gray(rgb: torch.Tensor) -> torch.Tensor:
 
 def _hue_rotate(rgb: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     """Rotate hue by `turns` (B,) full turns: a rotation of the chroma plane in YIQ space."""
-    to_yiq = rgb.new_tensor(
-        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]]
-    )
-    from_yiq = torch.linalg.inv(to_yiq)
+    to_yiq = _TO_YIQ.to(rgb.device, rgb.dtype)
+    from_yiq = _FROM_YIQ.to(rgb.device, rgb.dtype)  # inverted once on the CPU: no device sync
     ang = 2 * math.pi * turns
     cos, sin = torch.cos(ang), torch.sin(ang)
     rot = torch.zeros(turns.shape[0], 3, 3, device=rgb.device, dtype=rgb.dtype)
