@@ -197,6 +197,17 @@ def test_eval_watcher_runs_its_job_on_slurm(slurm_run: tuple[Path, str, dict]) -
     ).is_file()
     result = json.loads((run_dir / "evals" / "step_00000006.json").read_text())
     assert "eval/knn/top1" in result["metrics"]
+    # ... and the number landed in the training's MLflow run, at the checkpoint's step.
+    history = mlflow_history(uri, run_dir, "eval/knn/top1")
+    assert history == [(6, result["metrics"]["eval/knn/top1"])]
+
+
+def mlflow_history(uri: str, run_dir: Path, metric: str) -> list[tuple[int, float]]:
+    """(step, value) of every record of `metric` in the run's MLflow run (duplicates kept)."""
+    from mlflow.tracking import MlflowClient
+
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, metric))
 
 
 def release_requeued(job_id: str, timeout_s: float = 180.0) -> None:
@@ -252,6 +263,8 @@ def test_usr2_checkpoints_requeues_and_ends_like_an_uninterrupted_run(
         for _, p in list_checkpoints(run_dir / "checkpoints")
     )
     assert losses(run_dir) == losses(ref_dir)
+    # One MLflow run across both jobs, each step recorded once.
+    assert mlflow_history(uri, run_dir, "train/loss_total") == sorted(losses(run_dir).items())
     _assert_same_weights(
         latest_checkpoint(run_dir / "checkpoints"), latest_checkpoint(ref_dir / "checkpoints")
     )
