@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -114,6 +115,46 @@ def test_cli_rejects_bad_options() -> None:
         cwd=REPO,
     )
     assert proc.returncode != 0 and "one task per GPU" in proc.stderr
+
+
+def test_sigterm_checkpoints_at_a_step_boundary_and_returns(
+    tmp_path: Path, demo_data: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's handler only sets a flag; the trainer saves at the next step boundary and
+    returns (SIGTERM: no requeue; SIGUSR2 on Slurm is the real-Slurm test below)."""
+    signum = signal.SIGTERM
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    run_dir = tmp_path / "run"
+    cfg = prepare_config(
+        CONFIG,
+        TINY_OVERRIDES
+        + [f"run.dir={run_dir}", f"data.path={demo_data}", f"tracking.uri={tracking_uri}"]
+        + ["train.max_steps=40", "checkpoint.every_steps=100", "tracking.enabled=false"],
+        world_size=1,
+    )
+    metrics = run_dir / "metrics.jsonl"
+
+    def signal_after_step_2() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if metrics.is_file() and metrics.read_text().count("\n") >= 2:
+                os.kill(os.getpid(), signum)
+                return
+            time.sleep(0.02)
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR2)}
+    sender = threading.Thread(target=signal_after_step_2, daemon=True)
+    sender.start()
+    try:
+        result = PretrainJob(cfg)()
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+    sender.join(timeout=5)
+    assert result["preempted"] and result["signal"] == signal.Signals(signum).name, result
+    assert 2 <= result["step"] < 40
+    assert latest_checkpoint(run_dir / "checkpoints").name == f"step_{result['step']:08d}"
+    assert sorted(losses(run_dir)) == list(range(1, result["step"] + 1))
 
 
 # --- on a real Slurm --------------------------------------------------------------------------
