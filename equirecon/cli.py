@@ -362,7 +362,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["eval", "watch"]:
         argv = ["eval-watch", *argv[2:]]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `key=value` overrides may come after options too (`eval watch RUN --executor slurm k=v`):
+    # argparse stops collecting a positional list at the first option, so gather the rest here.
+    if extra:
+        stray = [a for a in extra if a.startswith("-") or "=" not in a]
+        if stray or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        args.overrides = [*(args.overrides or []), *extra]
     return int(args.func(args) or 0)
 
 
