@@ -139,7 +139,9 @@ def _step_rows(
             suite.add(check, name, "mfu", None, "%", "no peak FLOP/s for this device")
         suite.add(check, name, "peak_mem", r.peak_mem_gb, "GiB", mem_note)
         if name != reference:
-            suite.add(check, name, "step_time_ratio", paired_ratio(r, ref), "x", f"vs {reference}")
+            basis = "process CPU time" if device.type == "cpu" else "wall time"
+            note = f"vs {reference}, median per-round ratio of {basis}"
+            suite.add(check, name, "step_time_ratio", paired_ratio(r, ref), "x", note)
 
 
 def _build_benches(
@@ -232,7 +234,12 @@ def check_compile(
             bench.close()
     _step_rows(suite, "compile", results, "eager", device)
     suite.add(
-        "compile", "compiled", "first_step", results["compiled"].compile_s, "s", "incl. compiling"
+        "compile",
+        "compiled",
+        "first_step",
+        results["compiled"].compile_s,
+        "s",
+        f"incl. compiling (backend {args.compile_backend})",
     )
 
 
@@ -438,6 +445,17 @@ def check_transforms(
 # ---- main ------------------------------------------------------------------------------------
 
 
+def _guarded(suite: Suite, check: str, run: Callable[[], object]) -> object:
+    """Run one check; a failure becomes a row (the other checks still run)."""
+    try:
+        return run()
+    except Exception as e:  # noqa: BLE001 - one GPU session: report and go on
+        suite.add(check, "-", "error", None, "-", f"failed: {_short(e)}")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="benchmarks/gpu_suite.sh", description=__doc__.split("\n\n")[0]
@@ -499,24 +517,27 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_line(device), flush=True)
     cfg = bench_config(config, overrides)
     step_s_per_image = None
-    if "step" in checks:
-        step_s_per_image = check_step(suite, config, overrides, device, args)
-    if "drop_path" in checks:
-        check_drop_path(suite, config, overrides, device, args)
-    batch = getattr(args, "batch_used", cfg.train.batch_size)
     reps = 5 if tiny else 10
-    if "attention" in checks:
-        check_attention(suite, cfg, batch, device, reps)
-    if "transform" in checks:
-        check_transforms(suite, cfg, batch, device, reps, step_s_per_image)
-    if "compile" in checks:
-        check_compile(suite, config, overrides, device, args)
+    if "step" in checks:
+        step_s_per_image = _guarded(
+            suite, "step", lambda: check_step(suite, config, overrides, device, args)
+        )
+    batch = getattr(args, "batch_used", cfg.train.batch_size)
+    runs: dict[str, Callable[[], object]] = {
+        "drop_path": lambda: check_drop_path(suite, config, overrides, device, args),
+        "attention": lambda: check_attention(suite, cfg, batch, device, reps),
+        "transform": lambda: check_transforms(suite, cfg, batch, device, reps, step_s_per_image),
+        "compile": lambda: check_compile(suite, config, overrides, device, args),
+    }
+    for name, run in runs.items():
+        if name in checks:
+            _guarded(suite, name, run)
     elapsed = time.perf_counter() - suite.t0
     print()
     print(f"## GPU suite results ({machine_line(device)}; {elapsed:.0f} s)")
     print()
     print(suite.table())
-    return 0
+    return 1 if any(r.metric == "error" for r in suite.rows) else 0
 
 
 if __name__ == "__main__":

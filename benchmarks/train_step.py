@@ -72,6 +72,11 @@ class VariantResult:
     batch_size: int
     step_s: list[float] = field(default_factory=list)
     round_s: list[float] = field(default_factory=list)  # mean step time of each round
+    # CPU seconds of this process per step / per round (on a CPU device: insensitive to other
+    # jobs on a shared machine, unlike wall time).
+    cpu_s: list[float] = field(default_factory=list)
+    round_cpu_s: list[float] = field(default_factory=list)
+    on_cpu: bool = False
     peak_mem_gb: float = float("nan")
     flops_per_image: float = float("nan")
     peak_flops: float | None = None
@@ -174,26 +179,27 @@ class StepBench:
         engine.step()
         engine.update_teacher(self.values["momentum"])
 
-    def timed_step(self) -> tuple[float, float]:
-        """(wall seconds, peak bytes above the persistent state) of one synchronized step."""
+    def timed_step(self) -> tuple[float, float, float]:
+        """(wall seconds, process CPU seconds, peak bytes above the persistent state) of one
+        synchronized step."""
         synchronize(self.device)
         if self.device.type == "cuda":
             base = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         self.step()
         synchronize(self.device)
-        dt = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
         extra = 0.0
         if self.device.type == "cuda":
             extra = torch.cuda.max_memory_allocated(self.device) - base
-        return dt, extra
+        return dt, dc, extra
 
     def warm_up(self, steps: int) -> float:
         """Run `steps` untimed steps; returns the first one's seconds (compile, allocations)."""
         first = 0.0
         for i in range(max(steps, 1)):
-            dt, _ = self.timed_step()
+            dt, _, _ = self.timed_step()
             if i == 0:
                 first = dt
         self.state_bytes = _allocated(self.device) - self._mem_before
@@ -234,6 +240,7 @@ def run_interleaved(
             bench.cfg.train.batch_size,
             flops_per_image=bench.flops_per_image,
             peak_flops=device_peak_flops(bench.device),
+            on_cpu=bench.device.type == "cpu",
         )
         results[name].compile_s = bench.warm_up(warmup)
     peak_extra = dict.fromkeys(benches, 0.0)
@@ -241,13 +248,16 @@ def run_interleaved(
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
-            times = []
+            times, cpu = [], []
             for _ in range(steps_per_round):
-                dt, extra = benches[name].timed_step()
+                dt, dc, extra = benches[name].timed_step()
                 times.append(dt)
+                cpu.append(dc)
                 peak_extra[name] = max(peak_extra[name], extra)
             results[name].step_s += times
+            results[name].cpu_s += cpu
             results[name].round_s.append(sum(times) / len(times))
+            results[name].round_cpu_s.append(sum(cpu) / len(cpu))
         if budget_s is not None and time.perf_counter() - t_start > budget_s:
             break
     for name, bench in benches.items():
@@ -258,9 +268,16 @@ def run_interleaved(
     return results
 
 
+def round_ratios(a: VariantResult, b: VariantResult) -> list[float]:
+    """Per round, a's mean step time / b's: process CPU time on a CPU device (what a shared
+    machine does not distort), wall time on an accelerator."""
+    xs, ys = (a.round_cpu_s, b.round_cpu_s) if a.on_cpu else (a.round_s, b.round_s)
+    return [x / y for x, y in zip(xs, ys) if y > 0]
+
+
 def paired_ratio(a: VariantResult, b: VariantResult) -> float:
-    """Median over rounds of (a's mean step time / b's) — robust to load that drifts."""
-    pairs = [x / y for x, y in zip(a.round_s, b.round_s) if y > 0]
+    """Median over rounds of `round_ratios` — robust to load that drifts between rounds."""
+    pairs = round_ratios(a, b)
     return statistics.median(pairs) if pairs else float("nan")
 
 
@@ -268,16 +285,16 @@ def format_table(results: dict[str, VariantResult], reference: str | None = None
     """Markdown table: img/s, step ms, peak memory, MFU and the step-time ratio to `reference`."""
     ref = results.get(reference) if reference else None
     lines = [
-        "| variant | batch | img/s | step ms (median) | peak mem GB | MFU | step time vs "
-        f"{reference or '-'} |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| variant | batch | img/s | step ms (median) | CPU ms/step | peak mem GB | MFU | step "
+        f"time vs {reference or '-'} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
         mfu = f"{100 * r.mfu:.1f}%" if r.mfu is not None else "n/a"
         ratio = f"{paired_ratio(r, ref):.3f}x" if ref is not None else "-"
         lines.append(
             f"| {name} | {r.batch_size} | {r.img_per_s:.2f} | {1e3 * r.median_step_s:.1f} | "
-            f"{r.peak_mem_gb:.2f} | {mfu} | {ratio} |"
+            f"{1e3 * statistics.median(r.cpu_s):.1f} | {r.peak_mem_gb:.2f} | {mfu} | {ratio} |"
         )
     return "\n".join(lines)
 
@@ -403,7 +420,15 @@ def main(argv: list[str] | None = None) -> int:
             ratio = paired_ratio(results[name], results["recon"])
             print(f"{name}: step time {ratio:.3f}x of recon (median of per-round ratios)")
     overhead = paired_ratio(results["recon"], results["no_recon"]) - 1
-    print(f"recon overhead: {100 * overhead:+.1f}% of the step time (median of per-round ratios)")
+    basis = "process CPU time" if device.type == "cpu" else "wall time"
+    print(
+        f"recon overhead: {100 * overhead:+.1f}% of the step time (median of per-round ratios "
+        f"of {basis})"
+    )
+    pairs = round_ratios(results["recon"], results["no_recon"])
+    print("per-round ratios recon/no_recon: " + ", ".join(f"{p:.3f}" for p in pairs))
+    walls = [x / y for x, y in zip(results["recon"].round_s, results["no_recon"].round_s)]
+    print("per-round wall-time ratios: " + ", ".join(f"{p:.3f}" for p in walls))
     if args.profile:
         profile_steps(benches["recon"], args.profile)
     ok = all(math.isfinite(r.img_per_s) and r.img_per_s > 0 for r in results.values())
