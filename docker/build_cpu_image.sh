@@ -8,7 +8,8 @@
 #
 # Env: DOCKER_HOST (docker/ci_engine.sh start prints it), EQUIRECON_BASE_IMAGE (default
 # equirecon/bookworm-py:local, made by docker/ci_engine.sh), EXTRAS (default gpu: the same
-# Python packages as the GPU image), PIP (host pip used to read its config; default pip3).
+# Python packages as the GPU image), PIP (host pip used to read its config; default pip3),
+# EQUIRECON_PIP_MIRROR_PORT (default 28471; keep it fixed so that the layer cache is reused).
 # Layers are cached by the engine: a second build with an unchanged pyproject.toml reuses the
 # dependency layer and only re-copies the sources (seconds).
 set -euo pipefail
@@ -63,7 +64,26 @@ if [[ -n $cert && -f $cert ]]; then
   cp "$cert" "$SERVE/ca.pem"
 fi
 
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# A fixed port: the mirror URLs are build arguments, part of the cache key of the dependency
+# layer; a different port would rebuild it (minutes). A free port only if that one is taken.
+free_port() {
+  python3 - "$1" <<'PY'
+import socket, sys
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    s.close()
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+PY
+}
+want=${EQUIRECON_PIP_MIRROR_PORT:-28471}
+port=$(free_port "$want")
+if [[ $port != "$want" ]]; then
+  log "port $want is taken: serving on $port (the dependency layer will not come from the cache)"
+fi
 urls=()
 if ((${#locals[@]})) || [[ -f $SERVE/ca.pem ]]; then
   python3 -m http.server --bind 127.0.0.1 --directory "$SERVE" "$port" >/dev/null 2>&1 &
