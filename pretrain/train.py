@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -450,5 +451,21 @@ def pretrain(cfg: Config) -> dict[str, float]:
     trainer = Trainer(cfg)
     from evals.watch import background_watcher  # eval.watch: evaluate checkpoints as they land
 
+    stop = None
+    if threading.current_thread() is threading.main_thread():
+        from launch.slurm import StopFlag
+
+        # SIGUSR2 (Slurm's warning before the time limit, forwarded by torchrun/containers)
+        # and SIGTERM (preemption, `docker stop`): checkpoint at the next step boundary, return.
+        stop = StopFlag().install()
     with background_watcher(cfg, trainer.dist.is_main):
-        return trainer.fit()
+        last = trainer.fit(should_stop=stop)
+    if trainer.preempted and trainer.dist.is_main:
+        log.warning(
+            "stopped by signal %s: checkpoint of step %d saved in %s; run the same command to "
+            "resume",
+            stop.received if stop is not None else "?",
+            trainer.step,
+            trainer.run_dir / "checkpoints",
+        )
+    return last

@@ -133,3 +133,35 @@ def test_crash_during_save_leaves_previous_checkpoint_usable(
     assert _losses(run_dir) == reference
     assert not (ckpts / ".tmp_step_00000009").exists()  # the next save of step 9 replaced it
     assert [s for s, _ in list_checkpoints(ckpts)] == [9, 12]
+
+
+def test_sigusr2_checkpoints_at_the_next_step_and_resumes(
+    tmp_path: Path, demo_data: Path, reference: list[tuple[int, float]]
+) -> None:
+    """Slurm's warning signal (SIGUSR2, also what torchrun and the container forward): the run
+    saves a checkpoint of the step it is at (not the last periodic one), exits 0, and the same
+    command finishes the run with the uninterrupted losses."""
+    run_dir = tmp_path / "usr2"
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    cmd = [sys.executable, "-m", "equirecon", *_command(run_dir, demo_data, uri)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 4:
+            os.kill(proc.pid, signal.SIGUSR2)
+            break
+        time.sleep(0.02)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-4000:]
+    assert "stopped by signal" in stderr
+    stopped_at = len(metrics.read_text().splitlines())
+    assert 4 <= stopped_at < 12
+    assert latest_checkpoint(run_dir / "checkpoints").name == f"step_{stopped_at:08d}"
+
+    done = _run(["-m", "equirecon", *_command(run_dir, demo_data, uri)])
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert _losses(run_dir) == reference
