@@ -26,10 +26,9 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 if __package__ in (None, ""):  # `python benchmarks/train_step.py`: import the repo's packages
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -345,10 +344,6 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _iter_profile_rows(prof: Any, limit: int) -> Iterator[str]:
-    yield prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=limit)
-
-
 def profile_steps(bench: StepBench, steps: int, out: Callable[[str], None] = print) -> None:
     """torch.profiler table of `steps` steps of `bench` (CPU ops; CUDA kernels on GPU)."""
     from torch.profiler import ProfilerActivity, profile
@@ -359,8 +354,7 @@ def profile_steps(bench: StepBench, steps: int, out: Callable[[str], None] = pri
     with profile(activities=activities) as prof:
         for _ in range(steps):
             bench.timed_step()
-    for text in _iter_profile_rows(prof, 30):
-        out(text)
+    out(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
 
 
 def build_parser() -> argparse.ArgumentParser:
