@@ -184,6 +184,14 @@ class SSLMethod(nn.Module):
     # under data parallelism. Set by the engine; only the θ draw uses it.
     batch_slice: tuple[int, int] = (0, 1)
 
+    def train(self, mode: bool = True) -> SSLMethod:
+        """As `nn.Module.train`, but the EMA teacher always stays in eval mode (no stochastic
+        depth or dropout in the targets, as DINOv2)."""
+        super().train(mode)
+        if getattr(self, "teacher", None) is not None:
+            self.teacher.eval()
+        return self
+
     def _build_transform(self) -> EquiTransform | None:
         """g_θ of `recon.transform` at the global crop size, None when recon is off."""
         r = self.cfg.recon

@@ -150,3 +150,19 @@ def test_training_steps_reduce_loss_on_fixed_batch() -> None:
         opt.step()
         losses.append(out.loss_recon.item())
     assert losses[-1] < losses[0], losses
+
+
+@pytest.mark.parametrize("name", ["dinov2", "ibot"])
+def test_teacher_never_uses_stochastic_depth(name: str) -> None:
+    """`method.train()` puts the student in training mode; the EMA teacher stays in eval mode,
+    so its targets are deterministic even with a large drop-path rate."""
+    cfg = load_config(None, TINY_OVERRIDES + [f"method.name={name}", "model.drop_path=0.9"])
+    method = build_method(cfg)
+    method.train()
+    assert method.student.training and not method.teacher.training
+    assert not any(m.training for m in method.teacher.modules())
+    images = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        first, _ = method.teacher.encoder(images)
+        second, _ = method.teacher.encoder(images)
+    assert torch.equal(first, second)
