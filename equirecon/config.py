@@ -35,7 +35,9 @@ class RunConfig:
 @dataclass
 class DataConfig:
     path: str = "data/demo"
-    backend: str = "torch"  # torch | dali | synthetic (seeded random crops: engine tests, benchmarks)
+    backend: str = (
+        "torch"  # torch | dali | synthetic (seeded random crops: engine tests, benchmarks)
+    )
     num_workers: int = 2
     global_size: int = 224
     local_size: int = 96

@@ -113,9 +113,7 @@ def test_lambda_zero_equals_method_without_decoders(name: str) -> None:
             assert torch.equal(p, shared[key]), key  # same seed, same initialization
 
     batch = random_batch()
-    a = with_decoders.compute_losses(
-        with_decoders.student, batch, 0.04, transform_generator(0, 0)
-    )
+    a = with_decoders.compute_losses(with_decoders.student, batch, 0.04, transform_generator(0, 0))
     b = without.compute_losses(without.student, batch, 0.04, transform_generator(0, 0))
     assert a.loss_recon is not None and a.loss_recon > 0 and b.loss_recon is None
     assert torch.equal(b.loss_total, b.loss_ssl)
@@ -171,8 +169,7 @@ def test_ibot_center_updates_and_is_in_the_teacher_state() -> None:
     fresh.teacher.load_state_dict(teacher.state_dict())
     assert torch.equal(fresh.teacher.cls_center.center, teacher.cls_center.center)
     assert (
-        "cls"
-        in method.compute_losses(method.student, batch, 0.04, transform_generator(0, 1)).terms
+        "cls" in method.compute_losses(method.student, batch, 0.04, transform_generator(0, 1)).terms
     )
 
 
