@@ -62,8 +62,10 @@ def summarize(run_dirs: list[Path], times: Path | None = None) -> str:
         f"Seeds: baseline {sorted(base)}, +recon {sorted(recon)}; mean ± sample std over seeds;",
         "Δ = +recon − baseline, paired by seed. ↑/↓: higher/lower is better.",
         "",
-        "| metric | baseline | +recon | Δ (paired) | "
-        + " | ".join(f"{f} floor" for f in floors)
+        "| "
+        + " | ".join(
+            ["metric", "baseline", "+recon", "Δ (paired)", *(f"{f} floor" for f in floors)]
+        )
         + " |",
         "|---|---|---|---|" + "---|" * len(floors),
     ]
