@@ -174,8 +174,7 @@ class StepBench:
             return
         engine.backward(out.loss_total)
         max_norm = cfg.train.clip_grad if cfg.train.clip_grad > 0 else float("inf")
-        engine.clip_grad_norm(max_norm)
-        engine.step()
+        engine.step(engine.clip_grad_norm(max_norm))
         engine.update_teacher(self.values["momentum"])
 
     def timed_step(self) -> tuple[float, float, float]:

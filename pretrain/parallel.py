@@ -118,8 +118,10 @@ class Engine:
             return 0.0
         return _total_norm_value(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
-    def step(self) -> None:
+    def step(self, grad_norm: float) -> float:
+        """Apply the update; returns the gradient norm to report (`grad_norm` from clipping)."""
         self.optimizer.step()
+        return grad_norm
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
@@ -176,13 +178,6 @@ class FSDP2Engine(Engine):
         self._reshard_all()
         super().update_teacher(momentum)
 
-    def clip_grad_norm(self, max_norm: float) -> float:
-        params = [p for p in self.method.student.parameters() if p.grad is not None]
-        if not params:
-            return 0.0
-        # The norm over DTensor gradients is reduced across shards by the DTensor ops.
-        return _total_norm_value(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
-
 
 class DeepSpeedEngine(Engine):
     """ZeRO 1/2/3 via DeepSpeed; our AdamW is the client optimizer, clipping is DeepSpeed's."""
@@ -228,12 +223,10 @@ class DeepSpeedEngine(Engine):
         # DeepSpeed clips inside `step` (config `gradient_clipping`); its norm is read afterwards.
         return 0.0
 
-    def step(self) -> None:
+    def step(self, grad_norm: float) -> float:
         self.ds_engine.step()
-
-    def last_grad_norm(self) -> float | None:
-        norm = self.ds_engine.get_global_grad_norm()
-        return None if norm is None else float(norm)
+        norm = self.ds_engine.get_global_grad_norm()  # DeepSpeed clipped inside its step
+        return grad_norm if norm is None else float(norm)
 
     def _gathered_student(self):  # noqa: ANN202 - context manager
         """Full student parameters on every rank for the duration (a no-op below ZeRO-3)."""

@@ -26,7 +26,7 @@ from pretrain.checkpoint import Checkpointer, latest_checkpoint, read_meta
 from pretrain.meters import device_peak_flops, max_memory_gb, ssl_step_flops
 from pretrain.methods import build_method
 from pretrain.methods.base import SSLMethod, StepOutput
-from pretrain.parallel import DeepSpeedEngine, build_engine, build_optimizer
+from pretrain.parallel import build_engine, build_optimizer
 from pretrain.schedules import build_schedules
 
 __all__ = ["Trainer", "build_optimizer", "pretrain", "transform_generator"]
@@ -221,10 +221,7 @@ class Trainer:
             torch.manual_seed(self.cfg.train.seed + 1_000 * self.dist.rank + self.step)
         else:
             torch.set_rng_state(own["torch_rng"])
-        data_state = json.loads(own["data"])
-        if resharded and isinstance(data_state, dict) and "world_size" not in data_state:
-            data_state["world_size"] = saved_ws
-        self.loader.load_state_dict(data_state)
+        self.loader.load_state_dict(json.loads(own["data"]))
         if self.dist.is_main:
             how = (
                 f" (resharded from {saved_ws} to {self.dist.world_size} ranks)" if resharded else ""
@@ -271,10 +268,7 @@ class Trainer:
                 **_loss_terms(out),
             }
             return out
-        engine.step()
-        if isinstance(engine, DeepSpeedEngine):
-            grad_norm = engine.last_grad_norm() or 0.0
-        self.last_grad_norm = grad_norm
+        self.last_grad_norm = engine.step(grad_norm)
         engine.update_teacher(values["momentum"])
         return out
 
