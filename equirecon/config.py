@@ -57,6 +57,9 @@ class ModelConfig:
     depth: int | None = None
     num_heads: int | None = None
     drop_path: float = 0.0
+    # Stochastic-depth rate per block: false = rising linearly 0 -> drop_path over depth (timm,
+    # DINO/iBOT); true = drop_path in every block (DINOv2's `drop_path_uniform`).
+    drop_path_uniform: bool = False
     num_registers: int = 0
     attention: str = "sdpa"  # sdpa | math
 

@@ -38,6 +38,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from pretrain.methods.base import ema_update_
+
 log = logging.getLogger("equirecon.parallel")
 
 STRATEGIES = ("single", "ddp", "fsdp2", "deepspeed")
@@ -45,8 +47,13 @@ DEEPSPEED_SUBDIR = "deepspeed"  # DeepSpeed's own files inside a checkpoint dire
 DEEPSPEED_TAG = "state"
 
 
-def build_optimizer(student: nn.Module) -> torch.optim.Optimizer:
-    """AdamW; weight decay only on matrices (not on biases, norms, tokens, prototypes' gains)."""
+def build_optimizer(student: nn.Module, fused: bool | None = None) -> torch.optim.Optimizer:
+    """AdamW; weight decay only on matrices (not on biases, norms, tokens, prototypes' gains).
+
+    `fused`: torch's fused AdamW kernel (one pass over each tensor: on CPU ~4x faster than the
+    per-tensor loop torch picks by default there). None: fused for plain CPU/CUDA float
+    tensors, the multi-tensor (`foreach`) kernel for sharded DTensors (FSDP2).
+    """
     decay, no_decay = [], []
     for name, p in student.named_parameters():
         if not p.requires_grad:
@@ -56,7 +63,14 @@ def build_optimizer(student: nn.Module) -> torch.optim.Optimizer:
         {"params": decay, "apply_wd": True},
         {"params": no_decay, "apply_wd": False, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999))
+    params = decay + no_decay
+    if fused is None:
+        fused = all(
+            type(p) is nn.Parameter and p.device.type in ("cpu", "cuda") and p.is_floating_point()
+            for p in params
+        )
+    kernel = {"fused": True} if fused else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999), **kernel)
 
 
 def _blocks(module: nn.Module | None) -> list[nn.Module]:
@@ -127,10 +141,7 @@ class Engine:
     def update_teacher(self, momentum: float) -> None:
         """teacher ← m·teacher + (1 − m)·student, fused over the (local shards of) parameters."""
         t, s = self.method.ema_pairs()
-        if t:
-            t_local = [_local(p) for p in t]
-            torch._foreach_mul_(t_local, momentum)
-            torch._foreach_add_(t_local, [_local(p.detach()) for p in s], alpha=1.0 - momentum)
+        ema_update_([_local(p) for p in t], [_local(p) for p in s], momentum)
 
     # ---- checkpoint state (DCP): same keys and parameter names for every strategy ----------
     def state_to_save(self) -> dict[str, Any]:
@@ -202,7 +213,7 @@ class DeepSpeedEngine(Engine):
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
         }
-        optimizer = build_optimizer(method.student)
+        optimizer = build_optimizer(method.student, fused=False)  # ZeRO partitions own params
         self.ds_engine, self.optimizer, _, _ = deepspeed.initialize(
             model=method.student, optimizer=optimizer, config=config, dist_init_required=False
         )

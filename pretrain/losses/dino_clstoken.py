@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,46 +24,64 @@ class DINOClsLoss(nn.Module):
 
     def forward(
         self,
-        student_logits: list[Tensor],
-        teacher_probs: list[Tensor],
+        student_logits: Tensor | Sequence[Tensor],
+        teacher_probs: Tensor | Sequence[Tensor],
         student_temp: float = 0.1,
     ) -> Tensor:
         """Average cross-entropy over the valid crop pairs.
 
         Args:
             student_logits: [global_1, …, global_G, local_1, …, local_L], each (B, K) raw head
-                outputs.
+                outputs, or one (G + L, B, K) tensor of them.
             teacher_probs: [for global_1, …, for global_G], each (B, K) centered probabilities
-                (e.g. from ``sinkhorn_knopp``); treated as constants.
+                (e.g. from ``sinkhorn_knopp``), or one (G, B, K) tensor; treated as constants.
             student_temp: student softmax temperature.
 
         Returns:
             Scalar fp32 loss.
         """
-        n_global = len(teacher_probs)
-        if n_global == 0 or len(student_logits) < n_global:
+        students = _stacked("student_logits", student_logits)
+        teachers = _stacked("teacher_probs", teacher_probs).detach().float()
+        n_global, n_crops = teachers.shape[0], students.shape[0]
+        if n_global == 0 or n_crops < n_global:
             raise ValueError(
                 "DINOClsLoss expects at least one teacher crop and at least as many student crops "
-                f"(globals first); got {len(student_logits)} student and {n_global} teacher crops"
+                f"(globals first); got {n_crops} student and {n_global} teacher crops"
             )
-        n_pairs = len(student_logits) * n_global - n_global
+        n_pairs = n_crops * n_global - n_global
         if n_pairs == 0:
             raise ValueError("DINOClsLoss has no (student, teacher) pair of different views")
-        expected = teacher_probs[0].shape
-        for name, tensors in (("student_logits", student_logits), ("teacher_probs", teacher_probs)):
-            for i, x in enumerate(tensors):
-                if x.ndim != 2 or x.shape != expected:
-                    raise ValueError(
-                        f"DINOClsLoss: {name}[{i}] has shape {tuple(x.shape)}, "
-                        f"expected {tuple(expected)} like teacher_probs[0]"
-                    )
+        if students.shape[1:] != teachers.shape[1:]:
+            raise ValueError(
+                f"DINOClsLoss: student crops have shape {tuple(students.shape[1:])}, expected "
+                f"{tuple(teachers.shape[1:])} like the teacher's"
+            )
+        batch = students.shape[1]
+        log_probs = F.log_softmax(students.float() / student_temp, dim=-1)
+        # Σ_b Σ_k t[j, b, k] · log p[i, b, k] for every (student i, teacher j): one matmul.
+        cross = log_probs.reshape(n_crops, -1) @ teachers.reshape(n_global, -1).t()  # (S, G)
+        valid = torch.ones(n_crops, n_global, dtype=cross.dtype, device=cross.device)
+        valid[:n_global].fill_diagonal_(0.0)  # a global crop is never matched with itself
+        return -(cross * valid).sum() / (batch * n_pairs)
 
-        teachers = [t.detach().float() for t in teacher_probs]
-        total = torch.zeros((), dtype=torch.float32, device=teachers[0].device)
-        for i, logits in enumerate(student_logits):
-            log_probs = F.log_softmax(logits.float() / student_temp, dim=-1)
-            for j, t in enumerate(teachers):
-                if i == j:
-                    continue
-                total = total - (t * log_probs).sum(dim=-1).mean()
-        return total / n_pairs
+
+def _stacked(name: str, crops: Tensor | Sequence[Tensor]) -> Tensor:
+    """(n_crops, B, K) from one tensor or a list of (B, K) crops of the same shape."""
+    if isinstance(crops, Tensor):
+        if crops.ndim != 3:
+            raise ValueError(
+                f"DINOClsLoss: {name} as one tensor must be (n_crops, B, K), "
+                f"got {tuple(crops.shape)}"
+            )
+        return crops
+    crops = list(crops)
+    if not crops:
+        return torch.empty(0, 0, 0)
+    expected = crops[0].shape
+    for i, x in enumerate(crops):
+        if x.ndim != 2 or x.shape != expected:
+            raise ValueError(
+                f"DINOClsLoss: {name}[{i}] has shape {tuple(x.shape)}, expected (B, K) "
+                f"like {name}[0] {tuple(expected)}"
+            )
+    return torch.stack(crops)

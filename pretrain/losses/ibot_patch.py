@@ -45,6 +45,7 @@ class IBOTPatchLoss(nn.Module):
         teacher_patch_probs: Tensor,
         masks: Tensor,
         student_temp: float = 0.1,
+        mask_indices: Tensor | None = None,
     ) -> Tensor:
         """Weighted masked-patch cross-entropy.
 
@@ -54,6 +55,9 @@ class IBOTPatchLoss(nn.Module):
             teacher_patch_probs: (M, K) teacher probabilities of the same patches; constants.
             masks: (n_images, N) bool, True where a patch is masked; M == masks.sum().
             student_temp: student softmax temperature.
+            mask_indices: (M,) int64 positions of the masked patches in ``masks.view(-1)``
+                (`data_pipeline.batch.Batch.masked_positions`). Given, the loss runs without
+                a host synchronization; None: computed here (a sync on accelerators).
 
         Returns:
             Scalar fp32 loss; a graph-connected zero when M == 0.
@@ -63,8 +67,9 @@ class IBOTPatchLoss(nn.Module):
                 f"IBOTPatchLoss expects masks as a (n_images, N) bool tensor, "
                 f"got {masks.dtype} of shape {tuple(masks.shape)}"
             )
-        n_masked_per_image = masks.sum(dim=-1)
-        n_masked = int(n_masked_per_image.sum().item())
+        if mask_indices is None:
+            mask_indices = masks.reshape(-1).nonzero().squeeze(1)
+        n_masked = mask_indices.numel()  # a shape: known on the host
         if student_patch_logits.shape != teacher_patch_probs.shape or (
             student_patch_logits.ndim != 2 or student_patch_logits.shape[0] != n_masked
         ):
@@ -76,13 +81,13 @@ class IBOTPatchLoss(nn.Module):
         if n_masked == 0:
             return student_patch_logits.float().sum() * 0.0
 
+        n_masked_per_image = masks.sum(dim=-1)  # (n_images,)
         t = teacher_patch_probs.detach().float()
         log_probs = F.log_softmax(student_patch_logits.float() / student_temp, dim=-1)
         per_patch = -(t * log_probs).sum(dim=-1)  # (M,)
         per_image_weight = 1.0 / n_masked_per_image.clamp(min=1).float()  # (n_images,)
-        weights = per_image_weight.unsqueeze(-1).expand_as(masks)[masks]  # (M,)
+        weights = per_image_weight[mask_indices // masks.shape[1]]  # (M,): 1 / n_b of its image
+        total = (per_patch * weights).sum()
         if self.average_over == "masked_images":
-            n_images = (n_masked_per_image > 0).sum().float()
-        else:
-            n_images = torch.tensor(float(masks.shape[0]), device=masks.device)
-        return (per_patch * weights).sum() / n_images.to(per_patch.device)
+            return total / (n_masked_per_image > 0).sum().float()
+        return total / masks.shape[0]

@@ -280,10 +280,14 @@ class SSLMethod(nn.Module):
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         """teacher ← m·teacher + (1 − m)·student, fused over all parameters."""
-        t, s = self.ema_pairs()
-        if t:
-            torch._foreach_mul_(t, momentum)
-            torch._foreach_add_(t, [p.detach() for p in s], alpha=1.0 - momentum)
+        ema_update_(*self.ema_pairs(), momentum)
+
+
+@torch.no_grad()
+def ema_update_(teacher: list[torch.Tensor], student: list[torch.Tensor], momentum: float) -> None:
+    """teacher ← m·teacher + (1 − m)·student in place: one fused pass (`lerp`) over all tensors."""
+    if teacher:
+        torch._foreach_lerp_(teacher, [p.detach() for p in student], 1.0 - momentum)
 
 
 class JointEmbeddingStudent(nn.Module):
@@ -305,15 +309,16 @@ class JointEmbeddingStudent(nn.Module):
 
         The projector runs per view (its BatchNorm statistics are per view, as in VICReg).
         """
-        z_inv, z_equi = self.encoder(global_crops)
-        cls = z_inv[:, 0]
+        tokens = self.encoder.backbone(global_crops)
+        split = self.encoder.split_head
+        cls = tokens[:, 0] if split is None else split.inv(tokens[:, 0])  # z_inv of CLS only
         b = cls.shape[0] // 2
         out: dict[str, Any] = {
             "embeddings": torch.cat([self.projector(cls[:b]), self.projector(cls[b:])])
         }
-        if self.decoders is not None and z_equi is not None:
+        if self.decoders is not None and split is not None:
             prefix = self.encoder.backbone.num_prefix_tokens
-            out["recon_preds"] = decode_views(self.decoders, z_equi, prefix)
+            out["recon_preds"] = decode_views(self.decoders, split.equi(tokens[:, prefix:]), 0)
         return out
 
 

@@ -22,8 +22,28 @@ from pretrain.methods.base import (
 from pretrain.models.heads import DINOHead
 
 
+def select_rows(tokens: torch.Tensor, prefix: int, mask_indices: torch.Tensor) -> torch.Tensor:
+    """The tokens of the masked patches, (M, D), in ``masks[masks]`` order.
+
+    Args:
+        tokens: (n, P + N, D) backbone output (P prefix tokens first).
+        prefix: P.
+        mask_indices: (M,) positions into the (n, N) patch masks flattened (`Batch.masked_positions`).
+    """
+    n, length, dim = tokens.shape
+    n_patches = length - prefix
+    rows = (mask_indices // n_patches) * length + prefix + mask_indices % n_patches
+    return tokens.reshape(n * length, dim).index_select(0, rows)
+
+
 class DINOv2Student(nn.Module):
-    """Encoder + shared DINO/iBOT head (+ decoders when reconstruction is on)."""
+    """Encoder + shared DINO/iBOT head (+ decoders when reconstruction is on).
+
+    One backbone call per crop size and ONE head call per step: the head's rows are
+    [global CLS (2B); local CLS (L·B); masked global patches (M)], so the weight-normalized
+    prototypes are normalized (and back-propagated through) once. The split head projects only
+    the rows that are read: z_inv of those head rows, z_equi of the global patch tokens.
+    """
 
     def __init__(self, encoder: Encoder, head: DINOHead, decoders: nn.ModuleList | None) -> None:
         super().__init__()
@@ -36,21 +56,41 @@ class DINOv2Student(nn.Module):
         global_crops: torch.Tensor,
         global_masks: torch.Tensor,
         local_crops: torch.Tensor | None,
+        mask_indices: torch.Tensor,
     ) -> dict[str, Any]:
-        """global_crops (2B, 3, H, W) = [v1; v2], global_masks (2B, N), local_crops (L·B, 3, h, w)."""
-        prefix = self.encoder.backbone.num_prefix_tokens
-        g_inv, g_equi = self.encoder(global_crops, global_masks)
-        out: dict[str, Any] = {
-            "global_cls": g_inv[:, 0],
-            "global_logits": self.head(g_inv[:, 0]),
-            # iBOT: head on the student's masked patch tokens only, in masks[masks] order.
-            "masked_patch_logits": self.head(g_inv[:, prefix:][global_masks]),
-        }
+        """Student outputs of one step.
+
+        Args:
+            global_crops: (2B, 3, H, W) = [v1; v2].
+            global_masks: (2B, N) bool iBOT masks.
+            local_crops: (L·B, 3, h, w), or None.
+            mask_indices: (M,) positions of the masked patches in ``global_masks.view(-1)``.
+
+        Returns:
+            ``global_cls`` (2B, d) KoLeo input; ``crop_logits`` (2 + L, B, K) of the global
+            then local CLS tokens; ``masked_patch_logits`` (M, K); ``recon_preds`` (K decoders'
+            û_k) when reconstruction is on.
+        """
+        backbone, split = self.encoder.backbone, self.encoder.split_head
+        prefix = backbone.num_prefix_tokens
+        tokens = backbone(global_crops, global_masks)  # (2B, P + N, D)
+        n_global = tokens.shape[0]
+        rows = [tokens[:, 0]]
         if local_crops is not None and local_crops.shape[0] > 0:
-            l_inv, _ = self.encoder(local_crops)
-            out["local_logits"] = self.head(l_inv[:, 0])
-        if self.decoders is not None and g_equi is not None:
-            out["recon_preds"] = decode_views(self.decoders, g_equi, prefix)
+            rows.append(backbone(local_crops)[:, 0])
+        n_cls = sum(r.shape[0] for r in rows)
+        rows.append(select_rows(tokens, prefix, mask_indices))
+        z_inv = torch.cat(rows)
+        if split is not None:
+            z_inv = split.inv(z_inv)
+        logits = self.head(z_inv)
+        out: dict[str, Any] = {
+            "global_cls": z_inv[:n_global],
+            "crop_logits": logits[:n_cls].unflatten(0, (-1, n_global // 2)),
+            "masked_patch_logits": logits[n_cls:],
+        }
+        if self.decoders is not None and split is not None:
+            out["recon_preds"] = decode_views(self.decoders, split.equi(tokens[:, prefix:]), 0)
         return out
 
 
@@ -77,45 +117,59 @@ class DINOv2(SSLMethod):
         self.dino_loss = DINOClsLoss()
         self.ibot_loss = IBOTPatchLoss(average_over="all_images")  # as DINOv2 and iBOT
 
+    def _teacher_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Teacher head logits (n, K) of backbone tokens (n, D), through z_inv if split."""
+        split = self.teacher.encoder.split_head
+        return self.teacher.head(split.inv(rows) if split is not None else rows)
+
     @torch.no_grad()
     def _teacher_targets(
-        self, global_crops: torch.Tensor, masks: torch.Tensor, teacher_temp: float
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Teacher probabilities: ([v1 CLS (B, K), v2 CLS (B, K)], masked patches (M, K))."""
+        self,
+        global_crops: torch.Tensor,
+        masks: torch.Tensor,
+        mask_indices: torch.Tensor,
+        teacher_temp: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher probabilities: ((2, B, K) of the v1/v2 CLS, (M, K) of the masked patches).
+
+        One head call on [CLS (2B); masked patches (M)]; Sinkhorn-Knopp on each part.
+        """
+        tokens = self.teacher.encoder.backbone(global_crops)
+        n = tokens.shape[0]
         prefix = self.teacher.encoder.backbone.num_prefix_tokens
-        z_inv, _ = self.teacher.encoder(global_crops)
-        cls_probs = sinkhorn_knopp(self.teacher.head(z_inv[:, 0]), teacher_temp)
-        patch_probs = sinkhorn_knopp(self.teacher.head(z_inv[:, prefix:][masks]), teacher_temp)
-        return list(cls_probs.chunk(2)), patch_probs
+        rows = torch.cat([tokens[:, 0], select_rows(tokens, prefix, mask_indices)])
+        logits = self._teacher_rows(rows)
+        cls_probs = sinkhorn_knopp(logits[:n], teacher_temp)
+        patch_probs = sinkhorn_knopp(logits[n:], teacher_temp)
+        return cls_probs.unflatten(0, (2, -1)), patch_probs
 
     def _cls_and_patch_losses(
         self,
         out: dict[str, Any],
-        teacher_cls: list[torch.Tensor],
+        teacher_cls: torch.Tensor,
         teacher_patch: torch.Tensor,
         masks: torch.Tensor,
-        n_local: int,
+        mask_indices: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(CLS loss over all student crops vs the other global view's target, masked-patch loss)."""
         temp = self.cfg.method.student_temp
-        student_logits = list(out["global_logits"].chunk(2))
-        if "local_logits" in out:
-            student_logits += list(out["local_logits"].chunk(n_local))
-        cls = self.dino_loss(student_logits, teacher_cls, temp)
-        patch = self.ibot_loss(out["masked_patch_logits"], teacher_patch, masks, temp)
+        cls = self.dino_loss(out["crop_logits"], teacher_cls, temp)
+        patch = self.ibot_loss(out["masked_patch_logits"], teacher_patch, masks, temp, mask_indices)
         return cls, patch
 
     def _ssl_loss(
         self,
         out: dict[str, Any],
-        teacher_cls: list[torch.Tensor],
+        teacher_cls: torch.Tensor,
         teacher_patch: torch.Tensor,
         masks: torch.Tensor,
-        n_local: int,
+        mask_indices: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """DINO CLS loss (global + local students) + iBOT patch loss + KoLeo, weighted."""
         m = self.cfg.method
-        dino, ibot = self._cls_and_patch_losses(out, teacher_cls, teacher_patch, masks, n_local)
+        dino, ibot = self._cls_and_patch_losses(
+            out, teacher_cls, teacher_patch, masks, mask_indices
+        )
         koleo = sum(koleo_loss(c) for c in out["global_cls"].chunk(2))
         loss = m.dino_weight * dino + m.ibot_weight * ibot + m.koleo_weight * koleo
         return loss, {"dino": dino.detach(), "ibot": ibot.detach(), "koleo": koleo.detach()}
@@ -130,11 +184,13 @@ class DINOv2(SSLMethod):
         """One forward of student (through `student_fn`, maybe DDP-wrapped) and teacher."""
         global_crops, targets, _ = self.prepare_views(batch, generator)
         masks = batch.masks.flatten(0, 1)  # (2B, N)
-        n_local = batch.local_crops.shape[0]
+        mask_indices = batch.masked_positions()
         local = batch.local_crops.flatten(0, 1) if batch.local_crops.numel() else None
-        teacher_cls, teacher_patch = self._teacher_targets(global_crops, masks, teacher_temp)
-        out = student_fn(global_crops, masks, local)
-        loss_ssl, terms = self._ssl_loss(out, teacher_cls, teacher_patch, masks, n_local)
+        teacher_cls, teacher_patch = self._teacher_targets(
+            global_crops, masks, mask_indices, teacher_temp
+        )
+        out = student_fn(global_crops, masks, local, mask_indices)
+        loss_ssl, terms = self._ssl_loss(out, teacher_cls, teacher_patch, masks, mask_indices)
         return self.finish_step(
             loss_ssl, terms, out.get("recon_preds"), targets, batch, global_crops
         )

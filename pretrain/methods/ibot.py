@@ -41,33 +41,44 @@ class IBOT(DINOv2):
 
     @torch.no_grad()
     def _teacher_targets(
-        self, global_crops: torch.Tensor, masks: torch.Tensor, teacher_temp: float
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Centered teacher probabilities ([v1 CLS, v2 CLS] (B, K) each, masked patches (M, K)).
+        self,
+        global_crops: torch.Tensor,
+        masks: torch.Tensor,
+        mask_indices: torch.Tensor,
+        teacher_temp: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centered teacher probabilities ((2, B, K) of the v1/v2 CLS, (M, K) masked patches).
 
-        Also updates both centers with this step's teacher logits.
+        One head call on [CLS (2B); every patch (2B·N)] (the patch center is the mean over all
+        patches, as iBOT). Also updates both centers with this step's teacher logits.
         """
         teacher = self.teacher
-        prefix = teacher.encoder.backbone.num_prefix_tokens
-        z_inv, _ = teacher.encoder(global_crops)
-        cls_logits = teacher.head(z_inv[:, 0])  # (2B, K)
-        patch_logits = teacher.head(z_inv[:, prefix:])  # (2B, N, K): all patches, for the center
+        tokens = teacher.encoder.backbone(global_crops)
+        n, prefix = tokens.shape[0], teacher.encoder.backbone.num_prefix_tokens
+        rows = torch.cat([tokens[:, 0], tokens[:, prefix:].flatten(0, 1)])
+        logits = self._teacher_rows(rows)
+        cls_logits = logits[:n]  # (2B, K)
+        patch_logits = logits[n:].unflatten(0, (n, -1))  # (2B, N, K)
         cls_probs = teacher.cls_center.probs(cls_logits, teacher_temp)
-        patch_probs = teacher.patch_center.probs(patch_logits[masks], teacher_temp)
+        patch_probs = teacher.patch_center.probs(
+            logits[n:].index_select(0, mask_indices), teacher_temp
+        )
         teacher.cls_center.update(cls_logits)
         teacher.patch_center.update(patch_logits)
-        return list(cls_probs.chunk(2)), patch_probs
+        return cls_probs.unflatten(0, (2, -1)), patch_probs
 
     def _ssl_loss(
         self,
         out: dict[str, Any],
-        teacher_cls: list[torch.Tensor],
+        teacher_cls: torch.Tensor,
         teacher_patch: torch.Tensor,
         masks: torch.Tensor,
-        n_local: int,
+        mask_indices: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """iBOT: weighted CLS (DINO) loss + masked-patch loss; no KoLeo."""
         m = self.cfg.method
-        cls, patch = self._cls_and_patch_losses(out, teacher_cls, teacher_patch, masks, n_local)
+        cls, patch = self._cls_and_patch_losses(
+            out, teacher_cls, teacher_patch, masks, mask_indices
+        )
         loss = m.dino_weight * cls + m.ibot_weight * patch
         return loss, {"cls": cls.detach(), "patch": patch.detach()}

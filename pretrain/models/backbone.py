@@ -8,6 +8,7 @@ from typing import Any
 
 import timm
 import torch
+from timm.layers import DropPath
 from torch import nn
 
 
@@ -187,11 +188,14 @@ def build_backbone(
     depth: int | None = None,
     num_heads: int | None = None,
     drop_path_mode: str = "subset",
+    drop_path_uniform: bool = False,
     **overrides: Any,
 ) -> Backbone:
     """Create the backbone `arch` (random init; nothing is downloaded).
 
     `drop_path_mode`: how stochastic depth is computed (`set_drop_path_mode`).
+    `drop_path_uniform`: every block drops with rate `drop_path` (DINOv2); otherwise the rate
+    rises linearly from 0 in the first block to `drop_path` in the last (timm's rule).
     """
     if arch not in ARCHS:
         raise KeyError(f"unknown model.arch {arch!r}; choose one of {list_archs()}")
@@ -213,6 +217,9 @@ def build_backbone(
         kwargs.update(reg_tokens=num_registers)
     kwargs.update(overrides)
     vit = timm.create_model(spec.timm_name, **kwargs)
+    if drop_path_uniform and drop_path > 0:
+        for blk in vit.blocks:
+            blk.drop_path1, blk.drop_path2 = DropPath(drop_path), DropPath(drop_path)
     backbone = Backbone(vit)
     set_attention_backend(backbone, attention)
     set_drop_path_mode(backbone, drop_path_mode)
@@ -226,6 +233,7 @@ def backbone_kwargs(model_cfg: Any, img_size: int) -> dict[str, Any]:
         img_size=img_size,
         patch_size=model_cfg.patch_size,
         drop_path=model_cfg.drop_path,
+        drop_path_uniform=model_cfg.drop_path_uniform,
         num_registers=model_cfg.num_registers,
         attention=model_cfg.attention,
         embed_dim=model_cfg.embed_dim,

@@ -76,3 +76,24 @@ def test_subset_mode_trains_and_survives_deepcopy() -> None:
 def test_unknown_mode_is_an_error() -> None:
     with pytest.raises(ValueError, match="drop-path mode"):
         set_drop_path_mode(_tiny(0.1), "fast")
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+def test_drop_path_schedule_linear_or_uniform(uniform: bool) -> None:
+    bb = build_backbone(
+        "vit_tiny", img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2,
+        drop_path=0.3, drop_path_uniform=uniform,
+    )  # fmt: skip
+    rates = [getattr(blk.drop_path1, "drop_prob", 0.0) for blk in bb.blocks]
+    rates2 = [getattr(blk.drop_path2, "drop_prob", 0.0) for blk in bb.blocks]
+    expected = [0.3] * 4 if uniform else [0.0, 0.1, 0.2, 0.3]
+    assert rates == pytest.approx(expected, abs=1e-6) and rates2 == pytest.approx(
+        expected, abs=1e-6
+    )
+    # the first block drops too under the uniform rule, so it takes the subset path
+    assert ("forward" in bb.blocks[0].__dict__) is uniform
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 16, 16)
+    bb.train()
+    out = bb(x)
+    assert out.shape == (8, 17, 32) and torch.isfinite(out).all()

@@ -10,7 +10,7 @@ from equirecon.config import load_config
 from pretrain.methods import build_method
 from pretrain.models.backbone import build_backbone
 from pretrain.models.decoder import ReconDecoder
-from pretrain.models.heads import SplitHead
+from pretrain.models.heads import DINOHead, SplitHead
 from pretrain.train import build_optimizer, transform_generator
 from tests.conftest import TINY_OVERRIDES
 
@@ -166,3 +166,18 @@ def test_teacher_never_uses_stochastic_depth(name: str) -> None:
         first, _ = method.teacher.encoder(images)
         second, _ = method.teacher.encoder(images)
     assert torch.equal(first, second)
+
+
+def test_dino_head_prototypes_unit_norm_with_normalize_gradients() -> None:
+    """The fused weight-norm kernel gives F.normalize's rows and gradients."""
+    torch.manual_seed(0)
+    head = DINOHead(8, out_dim=300, hidden_dim=16, bottleneck_dim=12)
+    w = head.normalized_prototypes()
+    ref_v = head.prototypes.detach().clone().requires_grad_(True)
+    ref = torch.nn.functional.normalize(ref_v, dim=-1)
+    torch.testing.assert_close(w, ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(w.norm(dim=-1), torch.ones(300), rtol=1e-6, atol=1e-6)
+    upstream = torch.randn(300, 12)
+    (w * upstream).sum().backward()
+    (ref * upstream).sum().backward()
+    torch.testing.assert_close(head.prototypes.grad, ref_v.grad, rtol=1e-5, atol=1e-5)  # grads ~10
