@@ -10,7 +10,7 @@ from equirecon.config import load_config
 from pretrain.methods import build_method
 from pretrain.models.backbone import build_backbone
 from pretrain.models.decoder import ReconDecoder
-from pretrain.models.heads import DINOHead, SplitHead
+from pretrain.models.heads import DINOHead, SplitHead, prototype_logits
 from pretrain.train import build_optimizer, transform_generator
 from tests.conftest import TINY_OVERRIDES
 
@@ -168,16 +168,36 @@ def test_teacher_never_uses_stochastic_depth(name: str) -> None:
     assert torch.equal(first, second)
 
 
-def test_dino_head_prototypes_unit_norm_with_normalize_gradients() -> None:
-    """The fused weight-norm kernel gives F.normalize's rows and gradients."""
+@pytest.mark.parametrize("rows_shape", [(7,), (2, 5)])
+def test_prototype_logits_equal_normalized_matmul(rows_shape: tuple[int, ...]) -> None:
+    """The folded normalization gives F.normalize's logits and gradients (h and v)."""
     torch.manual_seed(0)
-    head = DINOHead(8, out_dim=300, hidden_dim=16, bottleneck_dim=12)
-    w = head.normalized_prototypes()
-    ref_v = head.prototypes.detach().clone().requires_grad_(True)
-    ref = torch.nn.functional.normalize(ref_v, dim=-1)
-    torch.testing.assert_close(w, ref, rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(w.norm(dim=-1), torch.ones(300), rtol=1e-6, atol=1e-6)
-    upstream = torch.randn(300, 12)
-    (w * upstream).sum().backward()
+    v = (0.02 * torch.randn(300, 12)).requires_grad_(True)
+    h = torch.nn.functional.normalize(torch.randn(*rows_shape, 12), dim=-1).requires_grad_(True)
+    v_ref, h_ref = v.detach().clone().requires_grad_(True), h.detach().clone().requires_grad_(True)
+    out = prototype_logits(h, v)
+    ref = h_ref @ torch.nn.functional.normalize(v_ref, dim=-1, eps=1e-6).t()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    upstream = torch.randn(*rows_shape, 300)
+    (out * upstream).sum().backward()
     (ref * upstream).sum().backward()
-    torch.testing.assert_close(head.prototypes.grad, ref_v.grad, rtol=1e-5, atol=1e-5)  # grads ~10
+    torch.testing.assert_close(v.grad, v_ref.grad, rtol=1e-4, atol=1e-4)  # grads ~10
+    torch.testing.assert_close(h.grad, h_ref.grad, rtol=1e-5, atol=1e-5)
+    assert torch.autograd.gradcheck(
+        lambda a, b: prototype_logits(a, b),
+        (h.detach().double().requires_grad_(), v.detach().double().requires_grad_()),
+    )
+
+
+def test_prototype_logits_under_bf16_autocast() -> None:
+    torch.manual_seed(0)
+    head = DINOHead(8, out_dim=64, hidden_dim=16, bottleneck_dim=12)
+    x = torch.randn(5, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(x)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert (
+        head.prototypes.grad.dtype == torch.float32 and torch.isfinite(head.prototypes.grad).all()
+    )
+    torch.testing.assert_close(out.float(), head(x).detach(), atol=2e-2, rtol=2e-2)
