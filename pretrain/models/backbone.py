@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import types
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,19 +79,28 @@ def _residual(x: torch.Tensor, branch: Any, drop: nn.Module, training: bool) -> 
 
     Stochastic depth drops the residual branch of a random subset of samples; instead of
     computing the branch for all of them and multiplying by a 0/1 mask (timm's `DropPath`), take
-    the kept rows, run the branch on them only and add it back scaled by b/kept. Exactly
-    round(b·p) samples are dropped per call (the same expected update as a Bernoulli(p) mask);
-    when that is 0 (b·p < 0.5) the branch is applied to every sample.
+    the kept rows, run the branch on them only and add it back scaled by b/kept. The number of
+    dropped samples is b·p rounded stochastically (floor(b·p), plus one with probability
+    frac(b·p)), so every sample is dropped with probability exactly p, as with a Bernoulli(p)
+    mask, for any batch size; the kept samples are a uniform random subset.
     """
     p = float(getattr(drop, "drop_prob", 0.0))
     b = x.shape[0]
-    n_drop = round(b * p) if training and p > 0 else 0
+    n_drop = _stochastic_round(b * p) if training and p > 0 else 0
     if n_drop == 0:
         return x + branch(x)
     keep = max(b - n_drop, 1)
     kept = torch.randperm(b, device=x.device)[:keep]
     out = branch(x[kept])
     return torch.index_add(x, 0, kept, out.to(x.dtype), alpha=b / keep)
+
+
+def _stochastic_round(value: float) -> int:
+    """floor(value) + 1 with probability frac(value): an integer with expectation `value`
+    (a host-side draw from torch's CPU generator: no device synchronization)."""
+    whole = math.floor(value)
+    frac = value - whole
+    return whole + int(frac > 1e-9 and float(torch.rand(())) < frac)
 
 
 def _subset_drop_path_block_forward(

@@ -8,7 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from pretrain.models.backbone import _residual, build_backbone, set_drop_path_mode
+from pretrain.models.backbone import (
+    _residual,
+    _stochastic_round,
+    build_backbone,
+    set_drop_path_mode,
+)
 
 
 def _tiny(drop_path: float, mode: str = "subset") -> nn.Module:
@@ -30,7 +35,7 @@ def test_residual_runs_the_branch_on_kept_rows_only_and_rescales() -> None:
     drop = nn.Identity()
     drop.drop_prob = 0.3
     out = _residual(x, branch, drop, training=True)
-    assert seen == [7]  # round(10 * 0.3) = 3 rows dropped
+    assert seen == [7]  # 10 * 0.3 = 3 rows dropped (an integer: no rounding draw)
     full = x + (10 / 7) * (2 * x + 1)
     kept = torch.isclose(out, full).flatten(1).all(1)
     dropped = torch.isclose(out, x).flatten(1).all(1)
@@ -39,14 +44,30 @@ def test_residual_runs_the_branch_on_kept_rows_only_and_rescales() -> None:
     assert torch.isfinite(x.grad).all()
 
 
-def test_residual_is_the_plain_residual_in_eval_or_below_one_dropped_sample() -> None:
+def test_residual_is_the_plain_residual_in_eval() -> None:
     x = torch.randn(4, 3)
     drop = nn.Identity()
-    drop.drop_prob = 0.1  # 4 * 0.1 rounds to 0 dropped samples
-    for training in (True, False):
-        assert torch.equal(_residual(x, lambda y: y * 3, drop, training), x + x * 3)
     drop.drop_prob = 0.5
     assert torch.equal(_residual(x, lambda y: y * 3, drop, training=False), x + x * 3)
+
+
+def test_residual_drops_each_sample_with_probability_p_for_any_batch() -> None:
+    """b·p = 0.4: one of 4 samples is dropped in 40 % of the calls (stochastic rounding), so
+    each sample is dropped with probability p = 0.1, as a Bernoulli(p) mask would."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3)
+    drop = nn.Identity()
+    drop.drop_prob = 0.1
+    dropped = torch.zeros(4)
+    calls = 3000
+    for _ in range(calls):
+        out = _residual(x, lambda y: y * 3, drop, training=True)
+        dropped += torch.isclose(out, x).all(dim=1).float()
+    rate = dropped / calls
+    assert torch.allclose(rate, torch.full((4,), 0.1), atol=0.02), rate  # 4 sigma ~ 0.022
+    assert _stochastic_round(3.0) == 3 and _stochastic_round(0.0) == 0
+    draws = [_stochastic_round(2.25) for _ in range(4000)]
+    assert set(draws) == {2, 3} and abs(sum(draws) / len(draws) - 2.25) < 0.03
 
 
 def test_subset_mode_matches_timm_without_dropping() -> None:
