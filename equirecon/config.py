@@ -103,6 +103,9 @@ class ReconConfig:
     transform: str = "se2"
     d_equi: int | None = None  # None: the method's default (DESIGN §1.5)
     decoder_channels: int = 256
+    # after_conv: 3x3 convolutions at the lower resolutions, resize after (a third of the
+    # FLOPs); before_conv: resize first (the layout before 2026-12). pretrain/models/decoder.py
+    decoder_resize: str = "after_conv"
     log_images_every: int = 0  # 0: only at the end of training
 
 
@@ -361,6 +364,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.precision={cfg.train.precision!r}; choose fp32 or bf16")
     if cfg.recon.k < 1:
         raise ConfigError(f"recon.k must be >= 1, got {cfg.recon.k}")
+    if cfg.recon.decoder_resize not in ("after_conv", "before_conv"):
+        raise ConfigError(
+            f"recon.decoder_resize={cfg.recon.decoder_resize!r}; choose after_conv or before_conv"
+        )
     if cfg.recon.enabled and not 0 < cfg.d_equi < cfg.d_patch:
         raise ConfigError(f"need 0 < recon.d_equi ({cfg.d_equi}) < split.d_patch ({cfg.d_patch})")
     if cfg.recon.lam > 5:

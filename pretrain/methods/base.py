@@ -103,10 +103,13 @@ def build_encoder(cfg: Any) -> Encoder:
     return Encoder(backbone, split_head)
 
 
-def build_decoders(k: int, d_equi: int, image_size: int, grid: int, channels: int) -> nn.ModuleList:
+def build_decoders(
+    k: int, d_equi: int, image_size: int, grid: int, channels: int, resize: str = "after_conv"
+) -> nn.ModuleList:
     """K decoders reading the per-patch concatenation [z1_equi ; z2_equi] (2·d_equi)."""
+    size = (image_size, image_size)
     return nn.ModuleList(
-        ReconDecoder(2 * d_equi, (image_size, image_size), (grid, grid), channels) for _ in range(k)
+        ReconDecoder(2 * d_equi, size, (grid, grid), channels, resize) for _ in range(k)
     )
 
 
@@ -116,7 +119,7 @@ def build_recon_decoders(cfg: Any, encoder: Encoder) -> nn.ModuleList | None:
         return None
     r, size = cfg.recon, cfg.data.global_size
     grid = size // encoder.backbone.patch_size
-    return build_decoders(r.k, cfg.d_equi, size, grid, r.decoder_channels)
+    return build_decoders(r.k, cfg.d_equi, size, grid, r.decoder_channels, r.decoder_resize)
 
 
 def decode_views(

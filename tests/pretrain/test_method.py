@@ -42,13 +42,29 @@ def test_split_head_shapes() -> None:
         SplitHead(32, d_patch=16, d_equi=16)
 
 
-@pytest.mark.parametrize(("size", "patch"), [(32, 4), (224, 16), (224, 14)])
-def test_decoder_output_matches_crop(size: int, patch: int) -> None:
+@pytest.mark.parametrize("resize", ["after_conv", "before_conv"])
+@pytest.mark.parametrize(("size", "patch"), [(32, 4), (224, 16), (224, 14), (98, 14)])
+def test_decoder_output_matches_crop(size: int, patch: int, resize: str) -> None:
     grid = size // patch
-    dec = ReconDecoder(2 * 16, (size, size), (grid, grid), channels=16)
+    dec = ReconDecoder(2 * 16, (size, size), (grid, grid), channels=16, resize=resize)
+    seen: list[tuple[int, int]] = []
+    for conv in dec.convs:
+        conv.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[-2:])))
     out = dec(torch.randn(2, grid * grid, 32))
     assert out.shape == (2, 3, size, size)
     assert len(dec.convs) == 4
+    if resize == "before_conv":  # each convolution at the next, larger size
+        assert seen == dec.sizes
+    else:  # at the size it receives: grid, then 2 steps up, the last at the crop size
+        assert seen == [(grid, grid), dec.sizes[0], dec.sizes[1], (size, size)]
+
+
+def test_decoder_layouts_share_parameters() -> None:
+    a = ReconDecoder(8, (32, 32), (8, 8), channels=16, resize="after_conv")
+    b = ReconDecoder(8, (32, 32), (8, 8), channels=16, resize="before_conv")
+    b.load_state_dict(a.state_dict())  # old checkpoints load into the new layout
+    with pytest.raises(ValueError, match="decoder_resize"):
+        ReconDecoder(8, (32, 32), (8, 8), resize="sideways")
 
 
 def test_backbone_masking_changes_only_masked_inputs() -> None:
