@@ -86,8 +86,17 @@ class Encoder(nn.Module):
         return self.split_head.d_inv if self.split_head is not None else self.backbone.embed_dim
 
     def forward(
-        self, images: torch.Tensor, masks: torch.Tensor | None = None
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(z_inv, z_equi) of every token, (B, P + N, ·); with `rows` (positions in the
+        flattened (B·(P + N)) tokens, see `Backbone.forward`): (z_inv of those rows (R, ·),
+        None), the backbone's last block and the split head computing only them."""
+        if rows is not None:
+            tokens = self.backbone(images, masks, rows=rows)
+            return (tokens if self.split_head is None else self.split_head.inv(tokens)), None
         tokens = self.backbone(images, masks)
         if self.split_head is None:
             return tokens, None
@@ -312,15 +321,20 @@ class JointEmbeddingStudent(nn.Module):
 
         The projector runs per view (its BatchNorm statistics are per view, as in VICReg).
         """
-        tokens = self.encoder.backbone(global_crops)
-        split = self.encoder.split_head
-        cls = tokens[:, 0] if split is None else split.inv(tokens[:, 0])  # z_inv of CLS only
+        backbone, split = self.encoder.backbone, self.encoder.split_head
+        if self.decoders is None or split is None:  # CLS only: the last block skips the rest
+            cls = backbone(global_crops, rows=backbone.cls_rows(global_crops))
+        else:
+            tokens = backbone(global_crops)
+            cls = tokens[:, 0]
+        if split is not None:
+            cls = split.inv(cls)  # z_inv of CLS only
         b = cls.shape[0] // 2
         out: dict[str, Any] = {
             "embeddings": torch.cat([self.projector(cls[:b]), self.projector(cls[b:])])
         }
         if self.decoders is not None and split is not None:
-            prefix = self.encoder.backbone.num_prefix_tokens
+            prefix = backbone.num_prefix_tokens
             out["recon_preds"] = decode_views(self.decoders, split.equi(tokens[:, prefix:]), 0)
         return out
 

@@ -19,21 +19,24 @@ from pretrain.methods.base import (
     make_teacher,
     register_method,
 )
+from pretrain.models.backbone import Backbone
 from pretrain.models.heads import DINOHead
 
 
-def select_rows(tokens: torch.Tensor, prefix: int, mask_indices: torch.Tensor) -> torch.Tensor:
-    """The tokens of the masked patches, (M, D), in ``masks[masks]`` order.
+def head_rows(backbone: Backbone, images: torch.Tensor, mask_indices: torch.Tensor) -> torch.Tensor:
+    """Positions of the tokens the heads read, in the (n·L) flattened backbone output:
+    [every image's CLS (n); the masked patches (M), in ``masks[masks]`` order].
 
     Args:
-        tokens: (n, P + N, D) backbone output (P prefix tokens first).
-        prefix: P.
-        mask_indices: (M,) positions into the (n, N) patch masks flattened (`Batch.masked_positions`).
+        backbone: the network (prefix tokens P, L = P + N tokens per image).
+        images: (n, 3, H, W) global crops.
+        mask_indices: (M,) positions in the (n, N) patch masks flattened.
     """
-    n, length, dim = tokens.shape
-    n_patches = length - prefix
-    rows = (mask_indices // n_patches) * length + prefix + mask_indices % n_patches
-    return tokens.reshape(n * length, dim).index_select(0, rows)
+    length = backbone.num_tokens(images)
+    n_patches = length - backbone.num_prefix_tokens
+    image = torch.div(mask_indices, n_patches, rounding_mode="floor")
+    masked = image * length + backbone.num_prefix_tokens + mask_indices % n_patches
+    return torch.cat([backbone.cls_rows(images), masked])
 
 
 class DINOv2Student(nn.Module):
@@ -42,7 +45,9 @@ class DINOv2Student(nn.Module):
     One backbone call per crop size and ONE head call per step: the head's rows are
     [global CLS (2B); local CLS (L·B); masked global patches (M)], so the weight-normalized
     prototypes are normalized (and back-propagated through) once. The split head projects only
-    the rows that are read: z_inv of those head rows, z_equi of the global patch tokens.
+    the rows that are read: z_inv of those head rows, z_equi of the global patch tokens. Where
+    only the head rows are read (local crops; global crops without decoders), the backbone's
+    last block computes just those tokens (`Backbone.forward(..., rows=...)`).
     """
 
     def __init__(self, encoder: Encoder, head: DINOHead, decoders: nn.ModuleList | None) -> None:
@@ -72,15 +77,20 @@ class DINOv2Student(nn.Module):
             û_k) when reconstruction is on.
         """
         backbone, split = self.encoder.backbone, self.encoder.split_head
-        prefix = backbone.num_prefix_tokens
-        tokens = backbone(global_crops, global_masks)  # (2B, P + N, D)
-        n_global = tokens.shape[0]
-        rows = [tokens[:, 0]]
+        n_global = global_crops.shape[0]
+        rows = head_rows(backbone, global_crops, mask_indices)  # [CLS (2B); masked (M)]
+        decoders = self.decoders if split is not None else None
+        if decoders is None:  # the heads read these rows only: the last block skips the rest
+            global_rows = backbone(global_crops, global_masks, rows=rows)
+        else:  # the decoders read every patch token
+            tokens = backbone(global_crops, global_masks)  # (2B, P + N, D)
+            global_rows = tokens.flatten(0, 1).index_select(0, rows)
+        parts = [global_rows[:n_global]]
         if local_crops is not None and local_crops.shape[0] > 0:
-            rows.append(backbone(local_crops)[:, 0])
-        n_cls = sum(r.shape[0] for r in rows)
-        rows.append(select_rows(tokens, prefix, mask_indices))
-        z_inv = torch.cat(rows)
+            parts.append(backbone(local_crops, rows=backbone.cls_rows(local_crops)))
+        parts.append(global_rows[n_global:])
+        n_cls = n_global + (parts[1].shape[0] if len(parts) == 3 else 0)
+        z_inv = torch.cat(parts)  # [global CLS; local CLS; masked patches]
         if split is not None:
             z_inv = split.inv(z_inv)
         logits = self.head(z_inv)
@@ -89,8 +99,9 @@ class DINOv2Student(nn.Module):
             "crop_logits": logits[:n_cls].unflatten(0, (-1, n_global // 2)),
             "masked_patch_logits": logits[n_cls:],
         }
-        if self.decoders is not None and split is not None:
-            out["recon_preds"] = decode_views(self.decoders, split.equi(tokens[:, prefix:]), 0)
+        if decoders is not None:
+            patches = tokens[:, backbone.num_prefix_tokens :]
+            out["recon_preds"] = decode_views(decoders, split.equi(patches), 0)
         return out
 
 
@@ -117,11 +128,6 @@ class DINOv2(SSLMethod):
         self.dino_loss = DINOClsLoss()
         self.ibot_loss = IBOTPatchLoss(average_over="all_images")  # as DINOv2 and iBOT
 
-    def _teacher_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """Teacher head logits (n, K) of backbone tokens (n, D), through z_inv if split."""
-        split = self.teacher.encoder.split_head
-        return self.teacher.head(split.inv(rows) if split is not None else rows)
-
     @torch.no_grad()
     def _teacher_targets(
         self,
@@ -134,11 +140,10 @@ class DINOv2(SSLMethod):
 
         One head call on [CLS (2B); masked patches (M)]; Sinkhorn-Knopp on each part.
         """
-        tokens = self.teacher.encoder.backbone(global_crops)
-        n = tokens.shape[0]
-        prefix = self.teacher.encoder.backbone.num_prefix_tokens
-        rows = torch.cat([tokens[:, 0], select_rows(tokens, prefix, mask_indices)])
-        logits = self._teacher_rows(rows)
+        encoder = self.teacher.encoder  # called as a module: an FSDP2 root of its own
+        rows = head_rows(encoder.backbone, global_crops, mask_indices)
+        logits = self.teacher.head(encoder(global_crops, rows=rows)[0])
+        n = global_crops.shape[0]
         cls_probs = sinkhorn_knopp(logits[:n], teacher_temp)
         patch_probs = sinkhorn_knopp(logits[n:], teacher_temp)
         return cls_probs.unflatten(0, (2, -1)), patch_probs

@@ -53,10 +53,13 @@ class IBOT(DINOv2):
         patches, as iBOT). Also updates both centers with this step's teacher logits.
         """
         teacher = self.teacher
-        tokens = teacher.encoder.backbone(global_crops)
-        n, prefix = tokens.shape[0], teacher.encoder.backbone.num_prefix_tokens
-        rows = torch.cat([tokens[:, 0], tokens[:, prefix:].flatten(0, 1)])
-        logits = self._teacher_rows(rows)
+        backbone = teacher.encoder.backbone
+        n, length = global_crops.shape[0], backbone.num_tokens(global_crops)
+        patches = torch.arange(n * length, device=global_crops.device).view(n, length)
+        rows = torch.cat(
+            [backbone.cls_rows(global_crops), patches[:, backbone.num_prefix_tokens :].flatten()]
+        )
+        logits = teacher.head(teacher.encoder(global_crops, rows=rows)[0])  # [CLS; all patches]
         cls_logits = logits[:n]  # (2B, K)
         patch_logits = logits[n:].unflatten(0, (n, -1))  # (2B, N, K)
         cls_probs = teacher.cls_center.probs(cls_logits, teacher_temp)

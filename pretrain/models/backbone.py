@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import types
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +10,14 @@ import timm
 import torch
 from timm.layers import DropPath
 from torch import nn
+
+from pretrain.models.blocks import (  # noqa: F401  (re-exported: tests, benchmarks)
+    DROP_PATH_MODES,
+    _residual,
+    _stochastic_round,
+    set_drop_path_mode,
+    xformers_attention_forward,
+)
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,31 @@ class Backbone(nn.Module):
     def blocks(self) -> nn.Sequential:
         return self.vit.blocks
 
-    def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+    def num_tokens(self, images: torch.Tensor) -> int:
+        """L = P + N, the tokens per image of `images` (B, 3, H, W)."""
+        h, w = images.shape[-2:]
+        return self.num_prefix_tokens + (h // self.patch_size) * (w // self.patch_size)
+
+    def cls_rows(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,) positions of each image's CLS token in the (B·L) flattened tokens."""
+        return torch.arange(images.shape[0], device=images.device) * self.num_tokens(images)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Tokens (B, P + N, D) after the final norm; only `rows` (R, D) when given.
+
+        Args:
+            images: (B, 3, H, W).
+            masks: (B, N) bool, True = replace the patch by the mask token; or None.
+            rows: (R,) positions in the (B·(P + N)) flattened output: the last block then
+                computes its projection, MLP and residuals for these tokens only (its attention
+                still reads all of them); same values as `forward(images, masks)` flattened
+                and indexed (`pretrain.models.blocks`).
+        """
         vit = self.vit
         x = vit.patch_embed(images)  # (B, h, w, D): dynamic_img_size keeps the grid
         if masks is not None:
@@ -70,90 +101,14 @@ class Backbone(nn.Module):
         x = vit._pos_embed(x)
         x = vit.patch_drop(x)
         x = vit.norm_pre(x)
-        x = vit.blocks(x)
+        if rows is None:
+            x = vit.blocks(x)
+        else:
+            *first, last = vit.blocks
+            for block in first:
+                x = block(x)
+            x = last(x, rows=rows)
         return vit.norm(x)
-
-
-def _residual(x: torch.Tensor, branch: Any, drop: nn.Module, training: bool) -> torch.Tensor:
-    """x + drop_path(branch(x)), with `branch` computed only on the samples that are kept.
-
-    Stochastic depth drops the residual branch of a random subset of samples; instead of
-    computing the branch for all of them and multiplying by a 0/1 mask (timm's `DropPath`), take
-    the kept rows, run the branch on them only and add it back scaled by b/kept. The number of
-    dropped samples is b·p rounded stochastically (floor(b·p), plus one with probability
-    frac(b·p)), so every sample is dropped with probability exactly p, as with a Bernoulli(p)
-    mask, for any batch size; the kept samples are a uniform random subset.
-    """
-    p = float(getattr(drop, "drop_prob", 0.0))
-    b = x.shape[0]
-    n_drop = _stochastic_round(b * p) if training and p > 0 else 0
-    if n_drop == 0:
-        return x + branch(x)
-    keep = max(b - n_drop, 1)
-    kept = torch.randperm(b, device=x.device)[:keep]
-    out = branch(x[kept])
-    return torch.index_add(x, 0, kept, out.to(x.dtype), alpha=b / keep)
-
-
-def _stochastic_round(value: float) -> int:
-    """floor(value) + 1 with probability frac(value): an integer with expectation `value`
-    (a host-side draw from torch's CPU generator: no device synchronization)."""
-    whole = math.floor(value)
-    frac = value - whole
-    return whole + int(frac > 1e-9 and float(torch.rand(())) < frac)
-
-
-def _subset_drop_path_block_forward(
-    self: nn.Module,
-    x: torch.Tensor,
-    attn_mask: torch.Tensor | None = None,
-    is_causal: bool = False,
-) -> torch.Tensor:
-    """timm `Block.forward` with batch-subset stochastic depth (see `_residual`)."""
-    if attn_mask is not None or is_causal:
-        return type(self).forward(self, x, attn_mask=attn_mask, is_causal=is_causal)
-    x = _residual(x, lambda y: self.ls1(self.attn(self.norm1(y))), self.drop_path1, self.training)
-    return _residual(x, lambda y: self.ls2(self.mlp(self.norm2(y))), self.drop_path2, self.training)
-
-
-DROP_PATH_MODES = ("subset", "mask")
-
-
-def set_drop_path_mode(backbone: Backbone, mode: str) -> None:
-    """`subset` (default): stochastic depth computes each block's branches only on the kept
-    samples (saves ~drop-rate of the student's block FLOPs); `mask`: timm's `DropPath`
-    (computes everything, multiplies by a 0/1 mask). Blocks without drop-path are untouched."""
-    if mode not in DROP_PATH_MODES:
-        raise ValueError(f"drop-path mode {mode!r}; choose one of {DROP_PATH_MODES}")
-    for blk in backbone.blocks:
-        blk.__dict__.pop("forward", None)
-        probs = [getattr(blk, n, None) for n in ("drop_path1", "drop_path2")]
-        if mode == "subset" and any(getattr(d, "drop_prob", 0.0) > 0 for d in probs):
-            blk.forward = types.MethodType(_subset_drop_path_block_forward, blk)
-
-
-def _xformers_attention_forward(
-    self: nn.Module,
-    x: torch.Tensor,
-    attn_mask: torch.Tensor | None = None,
-    is_causal: bool = False,
-) -> torch.Tensor:
-    """timm Attention.forward with xformers' memory-efficient kernel ((B, N, H, Dh) layout)."""
-    from xformers.ops import memory_efficient_attention
-
-    if attn_mask is not None or is_causal:
-        raise NotImplementedError("model.attention=xformers supports unmasked self-attention only")
-    b, n, c = x.shape
-    gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None
-    q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).unbind(2)
-    q, k = self.q_norm(q), self.k_norm(k)
-    drop = self.attn_drop.p if self.training else 0.0
-    x = memory_efficient_attention(q, k, v, p=drop, scale=self.scale)
-    x = x.reshape(b, n, getattr(self, "attn_dim", c))
-    x = self.norm(x) if hasattr(self, "norm") else x
-    if gate is not None:
-        x = x * gate
-    return self.proj_drop(self.proj(x))
 
 
 def check_xformers() -> None:
@@ -183,8 +138,9 @@ def set_attention_backend(backbone: Backbone, backend: str) -> None:
         attn = blk.attn
         attn.__dict__.pop("forward", None)  # undo a previous xformers binding
         attn.fused_attn = backend == "sdpa"
+        attn.xformers = backend == "xformers"
         if backend == "xformers":
-            attn.forward = types.MethodType(_xformers_attention_forward, attn)
+            attn.forward = types.MethodType(xformers_attention_forward, attn)
 
 
 def build_backbone(

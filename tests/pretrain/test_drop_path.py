@@ -74,8 +74,8 @@ def test_subset_mode_matches_timm_without_dropping() -> None:
     torch.manual_seed(0)
     subset, mask = _tiny(0.2, "subset"), _tiny(0.2, "mask")
     mask.load_state_dict(subset.state_dict())
-    assert all("forward" in blk.__dict__ for blk in list(subset.blocks)[1:])
-    assert not any("forward" in blk.__dict__ for blk in mask.blocks)
+    assert all(blk.subset_drop_path for blk in list(subset.blocks)[1:])
+    assert not any(blk.subset_drop_path for blk in mask.blocks)
     images = torch.randn(3, 3, 16, 16)
     subset.eval(), mask.eval()
     torch.testing.assert_close(subset(images), mask(images))
@@ -112,7 +112,7 @@ def test_drop_path_schedule_linear_or_uniform(uniform: bool) -> None:
         expected, abs=1e-6
     )
     # the first block drops too under the uniform rule, so it takes the subset path
-    assert ("forward" in bb.blocks[0].__dict__) is uniform
+    assert bb.blocks[0].subset_drop_path is uniform
     torch.manual_seed(0)
     x = torch.randn(8, 3, 16, 16)
     bb.train()
