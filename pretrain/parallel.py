@@ -23,6 +23,7 @@ The engine is what the training loop talks to: `student_fn` (call it for the stu
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from pathlib import Path
@@ -130,7 +131,11 @@ class Engine:
         params = [p for p in self.method.student.parameters() if p.grad is not None]
         if not params:
             return 0.0
-        return _total_norm_value(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        value = _total_norm_value(norm)  # the step's host sync (the loop reports and checks it)
+        if math.isfinite(value) and value > max_norm:  # below: a pass over the grads saved
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        return value
 
     def step(self, grad_norm: float) -> float:
         """Apply the update; returns the gradient norm to report (`grad_norm` from clipping)."""

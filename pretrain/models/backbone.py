@@ -15,8 +15,8 @@ from pretrain.models.blocks import (  # noqa: F401  (re-exported: tests, benchma
     DROP_PATH_MODES,
     _residual,
     _stochastic_round,
+    attention_forward,
     set_drop_path_mode,
-    xformers_attention_forward,
 )
 
 
@@ -127,20 +127,19 @@ def check_xformers() -> None:
 
 
 def set_attention_backend(backbone: Backbone, backend: str) -> None:
-    """`sdpa`: torch scaled_dot_product_attention (flash/efficient/cudnn kernels on GPU);
-    `math`: the explicit softmax(QKᵀ)V of timm (reference); `xformers`: xformers'
-    memory_efficient_attention (CUDA only, the `gpu` extra)."""
+    """`sdpa`: torch scaled_dot_product_attention (flash/efficient/cudnn kernels on GPU; on a
+    CPU, sequences of <= 128 tokens use the explicit product, faster there); `math`: the
+    explicit softmax(QKᵀ)V (reference); `xformers`: xformers' memory_efficient_attention
+    (CUDA only, the `gpu` extra). All through `pretrain.models.blocks.attention_forward`."""
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(f"model.attention={backend!r}; choose one of {ATTENTION_BACKENDS}")
     if backend == "xformers":
         check_xformers()
     for blk in backbone.blocks:
         attn = blk.attn
-        attn.__dict__.pop("forward", None)  # undo a previous xformers binding
         attn.fused_attn = backend == "sdpa"
         attn.xformers = backend == "xformers"
-        if backend == "xformers":
-            attn.forward = types.MethodType(xformers_attention_forward, attn)
+        attn.forward = types.MethodType(attention_forward, attn)
 
 
 def build_backbone(

@@ -75,3 +75,20 @@ def test_rows_skip_the_last_blocks_mlp_for_other_tokens() -> None:
     bb.blocks[-1].mlp.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
     bb(images, rows=bb.cls_rows(images))
     assert seen == [4]  # the 4 CLS rows, not 4 x 17 tokens
+
+
+@pytest.mark.parametrize("tokens", [10, 50, 197])
+@pytest.mark.parametrize("attention", ["sdpa", "math"])
+def test_attention_forward_equals_timm(tokens: int, attention: str) -> None:
+    """Our attention dispatch (explicit product for short CPU sequences) = timm's forward."""
+    torch.manual_seed(0)
+    bb = _tiny(0.0, "subset")
+    set_attention_backend(bb, attention)
+    attn = bb.blocks[0].attn
+    x = torch.randn(3, tokens, 32, requires_grad=True)
+    ours = attn(x)
+    timm_out = type(attn).forward(attn, x)
+    torch.testing.assert_close(ours, timm_out, rtol=1e-5, atol=1e-6)
+    (g_ours,) = torch.autograd.grad(ours.sum(), x)
+    (g_timm,) = torch.autograd.grad(timm_out.sum(), x)
+    torch.testing.assert_close(g_ours, g_timm, rtol=1e-5, atol=1e-6)
