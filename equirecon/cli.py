@@ -152,6 +152,7 @@ BENCHMARKS = {
     "train-step": "train_step",
     "gpu-suite": "gpu_suite",
     "data-throughput": "data_throughput",
+    "vs-dinov2": "vs_dinov2",
 }
 
 
@@ -301,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     be = verbs.add_parser(
         "bench",
-        help="benchmarks: train-step (recon on/off), gpu-suite, data-throughput",
+        help="benchmarks: train-step (recon on/off), vs-dinov2, gpu-suite, data-throughput",
         description="Run a benchmark of benchmarks/ (see docs/benchmarks.md); the arguments "
         "after NAME go to it (`equirecon bench train-step --help`).",
     )
