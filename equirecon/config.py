@@ -103,8 +103,8 @@ class ReconConfig:
     transform: str = "se2"
     d_equi: int | None = None  # None: the method's default (DESIGN §1.5)
     decoder_channels: int = 256
-    # after_conv: 3x3 convolutions at the lower resolutions, resize after (a third of the
-    # FLOPs); before_conv: resize first (the layout before 2026-12). pretrain/models/decoder.py
+    # after_conv: each 3x3 convolution at the resolution it receives, resize after (a quarter
+    # of the FLOPs); before_conv: resize first (the layout before 2026-12). models/decoder.py
     decoder_resize: str = "after_conv"
     log_images_every: int = 0  # 0: only at the end of training
 

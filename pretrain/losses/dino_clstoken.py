@@ -57,7 +57,8 @@ class DINOClsLoss(nn.Module):
                 f"{tuple(teachers.shape[1:])} like the teacher's"
             )
         batch = students.shape[1]
-        log_probs = F.log_softmax(students.float() / student_temp, dim=-1)
+        logits = students.float()
+        log_probs = F.log_softmax(logits if student_temp == 1.0 else logits / student_temp, -1)
         # Σ_b Σ_k t[j, b, k] · log p[i, b, k] for every (student i, teacher j): one matmul.
         cross = log_probs.reshape(n_crops, -1) @ teachers.reshape(n_global, -1).t()  # (S, G)
         valid = torch.ones(n_crops, n_global, dtype=cross.dtype, device=cross.device)

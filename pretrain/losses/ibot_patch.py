@@ -82,12 +82,13 @@ class IBOTPatchLoss(nn.Module):
             return student_patch_logits.float().sum() * 0.0
 
         n_masked_per_image = masks.sum(dim=-1)  # (n_images,)
-        t = teacher_patch_probs.detach().float()
-        log_probs = F.log_softmax(student_patch_logits.float() / student_temp, dim=-1)
-        per_patch = -(t * log_probs).sum(dim=-1)  # (M,)
+        logits = student_patch_logits.float()
+        log_probs = F.log_softmax(logits if student_temp == 1.0 else logits / student_temp, -1)
         per_image_weight = 1.0 / n_masked_per_image.clamp(min=1).float()  # (n_images,)
         weights = per_image_weight[mask_indices // masks.shape[1]]  # (M,): 1 / n_b of its image
-        total = (per_patch * weights).sum()
+        # Σ_m w_m Σ_k t_mk log p_mk as one dot product (the weighted targets are constants)
+        weighted = teacher_patch_probs.detach().float() * weights.unsqueeze(1)
+        total = -torch.vdot(log_probs.flatten(), weighted.flatten())
         if self.average_over == "masked_images":
             return total / (n_masked_per_image > 0).sum().float()
         return total / masks.shape[0]

@@ -50,11 +50,18 @@ class DINOv2Student(nn.Module):
     last block computes just those tokens (`Backbone.forward(..., rows=...)`).
     """
 
-    def __init__(self, encoder: Encoder, head: DINOHead, decoders: nn.ModuleList | None) -> None:
+    def __init__(
+        self,
+        encoder: Encoder,
+        head: DINOHead,
+        decoders: nn.ModuleList | None,
+        student_temp: float = 1.0,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
         self.decoders = decoders
+        self.student_temp = student_temp  # the logits come out divided by it
 
     def forward(
         self,
@@ -73,8 +80,8 @@ class DINOv2Student(nn.Module):
 
         Returns:
             ``global_cls`` (2B, d) KoLeo input; ``crop_logits`` (2 + L, B, K) of the global
-            then local CLS tokens; ``masked_patch_logits`` (M, K); ``recon_preds`` (K decoders'
-            û_k) when reconstruction is on.
+            then local CLS tokens; ``masked_patch_logits`` (M, K), both divided by the student
+            temperature; ``recon_preds`` (K decoders' û_k) when reconstruction is on.
         """
         backbone, split = self.encoder.backbone, self.encoder.split_head
         n_global = global_crops.shape[0]
@@ -93,7 +100,7 @@ class DINOv2Student(nn.Module):
         z_inv = torch.cat(parts)  # [global CLS; local CLS; masked patches]
         if split is not None:
             z_inv = split.inv(z_inv)
-        logits = self.head(z_inv)
+        logits = self.head(z_inv, scale=1.0 / self.student_temp)
         out: dict[str, Any] = {
             "global_cls": z_inv[:n_global],
             "crop_logits": logits[:n_cls].unflatten(0, (-1, n_global // 2)),
@@ -122,7 +129,9 @@ class DINOv2(SSLMethod):
         encoder = build_encoder(cfg)
         head = DINOHead(encoder.out_dim, m.head_out_dim, m.head_hidden_dim, m.head_bottleneck_dim)
         self.grid = cfg.data.global_size // encoder.backbone.patch_size
-        self.student = DINOv2Student(encoder, head, build_recon_decoders(cfg, encoder))
+        self.student = DINOv2Student(
+            encoder, head, build_recon_decoders(cfg, encoder), m.student_temp
+        )
         self.teacher = make_teacher(self.student)
         self.transform = self._build_transform()
         self.dino_loss = DINOClsLoss()
@@ -157,9 +166,9 @@ class DINOv2(SSLMethod):
         mask_indices: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(CLS loss over all student crops vs the other global view's target, masked-patch loss)."""
-        temp = self.cfg.method.student_temp
-        cls = self.dino_loss(out["crop_logits"], teacher_cls, temp)
-        patch = self.ibot_loss(out["masked_patch_logits"], teacher_patch, masks, temp, mask_indices)
+        # The student's logits are already divided by its temperature (`DINOv2Student`).
+        cls = self.dino_loss(out["crop_logits"], teacher_cls, 1.0)
+        patch = self.ibot_loss(out["masked_patch_logits"], teacher_patch, masks, 1.0, mask_indices)
         return cls, patch
 
     def _ssl_loss(

@@ -19,10 +19,11 @@ class ReconDecoder(nn.Module):
     outputs 3 channels in the normalized pixel space.
 
     `resize`:
-        - ``after_conv`` (default): convolutions 1-3 run at the resolution they receive and the
-          map is resized after each (grid → 2× → 4× for patch 16), then resized to (H, W) for the
-          last convolution. Each convolution costs about the same and the whole decoder about
-          a third of ``before_conv`` (ViT-S/16, 224 px: 0.22 vs 0.74 GMAC per image).
+        - ``after_conv`` (default): every convolution runs at the resolution it receives and the
+          map is resized after it (grid, 2×, 4×, 8× for patch 16; the 3-channel output is then
+          resized to (H, W)). The first three convolutions cost about the same and the whole
+          decoder a quarter of ``before_conv`` (ViT-S/16, 224 px: 0.18 vs 0.74 GMAC per image);
+          the widest maps are never brought to full resolution.
         - ``before_conv``: the map is resized before every convolution (grid·2, ·4, ·8, (H, W)
           for patch 16), so convolutions 1-3 run at 2× higher resolution (the layout before
           2026-12; same parameters, so its checkpoints load either way).
@@ -60,17 +61,13 @@ class ReconDecoder(nn.Module):
         x = self.embed(patch_features).transpose(1, 2).reshape(b, -1, h, w)
         last = len(self.convs) - 1
         for i, conv in enumerate(self.convs):
-            # before_conv: resize to sizes[i], then convolve. after_conv: convolve at the
-            # current size and resize to sizes[i] after (layers 0, 1), or to (H, W) before the
-            # last layer (sizes[2] is skipped: two resizes in a row are one).
-            target = self.sizes[i] if self.resize == "before_conv" or i == last else None
-            if target is not None and x.shape[-2:] != target:
-                x = _resize(x, target)
+            if self.resize == "before_conv" and x.shape[-2:] != self.sizes[i]:
+                x = _resize(x, self.sizes[i])
             x = conv(x)
             if i < last:
                 x = F.gelu(x)
-                if self.resize == "after_conv" and i < last - 1:
-                    x = _resize(x, self.sizes[i])
+            if self.resize == "after_conv" and x.shape[-2:] != self.sizes[i]:
+                x = _resize(x, self.sizes[i])
         return x
 
 

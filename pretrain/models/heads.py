@@ -75,24 +75,26 @@ class DINOHead(nn.Module):
         self.prototypes = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
         nn.init.trunc_normal_(self.prototypes, std=0.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """Logits (..., out_dim), times `scale` (e.g. 1 / student temperature: free here,
+        a pass over the (n, K) logits and their gradient in a loss)."""
         h = F.normalize(self.mlp(x), dim=-1, eps=1e-6)
-        return prototype_logits(h, self.prototypes)
+        return prototype_logits(h, self.prototypes, scale=scale)
 
 
 class _PrototypeLogits(torch.autograd.Function):
-    """(h @ vᵀ) · diag(1 / ‖v_k‖): cosine logits against weight-normalized prototypes.
+    """s · (h @ vᵀ) · diag(1 / ‖v_k‖): cosine logits against weight-normalized prototypes.
 
     The normalization is folded into the (n, K) output instead of writing the normalized
     (K, d) matrix: forward reads v once for the row norms and once in the matmul; backward is
     one matmul per input plus one fused pass over v,
-        ∂L/∂v_k = (Σ_n g_nk h_n) / ‖v_k‖ − (Σ_n g_nk s_nk) · v_k / ‖v_k‖².
+        ∂L/∂v_k = s · (Σ_n g_nk h_n) / ‖v_k‖ − (Σ_n g_nk o_nk) · v_k / ‖v_k‖²  (o: the output).
     Under autocast the matmuls run in the autocast dtype; norms and the correction in fp32.
     (A zero row is guarded by `eps` on its norm, as `F.normalize`.)
     """
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:  # noqa: ANN001
+    def forward(ctx, h: torch.Tensor, v: torch.Tensor, eps: float, scale: float) -> torch.Tensor:  # noqa: ANN001
         device = h.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         dtype = dtype or torch.promote_types(h.dtype, v.dtype)
@@ -100,8 +102,9 @@ class _PrototypeLogits(torch.autograd.Function):
             wide = torch.promote_types(v.dtype, torch.float32)  # norms in fp32 (fp64 stays)
             inv_norm = torch.linalg.vector_norm(v.to(wide), dim=1).clamp_min_(eps).reciprocal_()
             hc, vc = h.to(dtype), v.to(dtype)
-            logits = (hc @ vc.t()).mul_(inv_norm.to(dtype))
+            logits = (hc @ vc.t()).mul_((inv_norm * scale).to(dtype))
         ctx.save_for_backward(hc, vc, inv_norm, logits)
+        ctx.scale = scale
         ctx.input_dtypes = (h.dtype, v.dtype)
         return logits
 
@@ -109,23 +112,25 @@ class _PrototypeLogits(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
         hc, vc, inv_norm, logits = ctx.saved_tensors
         with torch.autocast(grad.device.type, enabled=False):
-            scaled = grad.to(hc.dtype) * inv_norm.to(hc.dtype)  # (n, K)
+            scaled = grad.to(hc.dtype) * (inv_norm * ctx.scale).to(hc.dtype)  # (n, K)
             grad_h = (scaled @ vc).to(ctx.input_dtypes[0])
             # Σ_n g_nk s_nk / ‖v_k‖², in fp32
             wide = inv_norm.dtype
             coef = (grad.to(wide) * logits.to(wide)).sum(0).mul_(inv_norm).mul_(inv_norm)
             grad_v = (scaled.t() @ hc).to(wide)
             grad_v.addcmul_(vc.to(wide), coef.unsqueeze(1), value=-1.0)
-        return grad_h, grad_v.to(ctx.input_dtypes[1]), None
+        return grad_h, grad_v.to(ctx.input_dtypes[1]), None, None
 
 
-def prototype_logits(h: torch.Tensor, prototypes: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Logits h @ (v / ‖v‖)ᵀ of features h (..., d) against prototype directions v (K, d).
+def prototype_logits(
+    h: torch.Tensor, prototypes: torch.Tensor, eps: float = 1e-6, scale: float = 1.0
+) -> torch.Tensor:
+    """Logits scale · h @ (v / ‖v‖)ᵀ of features h (..., d) against prototype directions v (K, d).
 
     Equal to `h @ F.normalize(v, dim=-1, eps=eps).t()` (values and gradients) without
     materializing the normalized (K, d) matrix: on CPU the step's prototype work (65,536 × 256)
     costs about a third less than the fused weight-norm kernel and half of `F.normalize`.
     """
     shape = h.shape
-    logits = _PrototypeLogits.apply(h.reshape(-1, shape[-1]), prototypes, eps)
+    logits = _PrototypeLogits.apply(h.reshape(-1, shape[-1]), prototypes, eps, scale)
     return logits.reshape(*shape[:-1], prototypes.shape[0])
