@@ -20,7 +20,7 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from pretrain.models.backbone import ARCHS, Backbone
+from pretrain.models.backbone import ARCHS, Backbone, set_attention_backend
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -94,4 +94,8 @@ def load_exported_backbone(export_dir: str | Path) -> Backbone:
         pretrained_cfg_overlay={"file": str(export_dir / WEIGHTS)},
         **meta["model_args"],
     )
-    return Backbone(vit).eval()
+    backbone = Backbone(vit)
+    # The kernels training and checkpoint evaluation use (our attention dispatch), so an
+    # export evaluates to the same numbers as its checkpoint; the files stay plain timm.
+    set_attention_backend(backbone, "sdpa")
+    return backbone.eval()
