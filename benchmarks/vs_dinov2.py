@@ -67,6 +67,8 @@ if __package__ in (None, ""):  # `python benchmarks/vs_dinov2.py`: import the re
 import torch
 import yaml
 
+from benchmarks.train_step import round_ratios
+
 SKIP_MESSAGE = (
     "vs-dinov2: skipped: no DINOv2 checkout given. Pass --dinov2 PATH (or set DINOV2_REPO) to "
     "a clone of https://github.com/facebookresearch/dinov2 (the folder that holds dinov2/)."
@@ -405,11 +407,15 @@ def _worker(name: str, setting: Setting, root: str | None, device: str, threads:
 
 @dataclass
 class Timing:
+    """One implementation's timings (field names as `train_step.VariantResult`, so that its
+    `round_ratios` applies)."""
+
     name: str
+    on_cpu: bool = True
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
-    round_wall: list[float] = field(default_factory=list)
-    round_cpu: list[float] = field(default_factory=list)
+    round_s: list[float] = field(default_factory=list)  # mean wall seconds per step, per round
+    round_cpu_s: list[float] = field(default_factory=list)  # the same in process CPU time
     peak_gb: float = float("nan")
     note: str = ""
 
@@ -459,7 +465,7 @@ def run(
     """Warm every implementation up, then time interleaved rounds; returns their timings."""
     names = [v for v in VARIANTS if v in args.variants]
     workers: dict[str, Worker] = {}
-    timings = {name: Timing(name) for name in names}
+    timings = {name: Timing(name, on_cpu=args.device == "cpu") for name in names}
     try:
         for name in names:  # one at a time: building allocates the most
             workers[name] = Worker(name, setting, root, args)
@@ -473,8 +479,8 @@ def run(
                 t = timings[name]
                 t.wall += [w for w, _ in steps]
                 t.cpu += [c for _, c in steps]
-                t.round_wall.append(statistics.mean(w for w, _ in steps))
-                t.round_cpu.append(statistics.mean(c for _, c in steps))
+                t.round_s.append(statistics.mean(w for w, _ in steps))
+                t.round_cpu_s.append(statistics.mean(c for _, c in steps))
             progress(f"round {r + 1}/{args.rounds} done")
         for name in names:
             timings[name].peak_gb = workers[name].request("peak")
@@ -484,13 +490,7 @@ def run(
     return timings
 
 
-def ratios(a: Timing, b: Timing, on_cpu: bool) -> list[float]:
-    """Per round, a's mean step time / b's (CPU time on a CPU device, wall time on a GPU)."""
-    xs, ys = (a.round_cpu, b.round_cpu) if on_cpu else (a.round_wall, b.round_wall)
-    return [x / y for x, y in zip(xs, ys) if y > 0]
-
-
-def format_table(timings: dict[str, Timing], batch: int, on_cpu: bool) -> str:
+def format_table(timings: dict[str, Timing], batch: int) -> str:
     """Markdown table with each implementation's ratio to DINOv2's step."""
     ref = timings.get("dinov2")
     lines = [
@@ -502,7 +502,7 @@ def format_table(timings: dict[str, Timing], batch: int, on_cpu: bool) -> str:
         step = statistics.median(t.wall)
         ratio = mem = "-"
         if ref is not None:
-            ratio = f"{statistics.median(ratios(t, ref, on_cpu)):.3f}x"
+            ratio = f"{statistics.median(round_ratios(t, ref)):.3f}x"
             mem = f"{t.peak_gb / ref.peak_gb:.3f}x"
         lines.append(
             f"| {name} | {batch / step:.2f} | {1e3 * step:.0f} | "
@@ -582,13 +582,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     timings = run(setting, root, args, progress=lambda m: print(m, file=sys.stderr))
     on_cpu = args.device == "cpu"
-    print(format_table(timings, setting.batch, on_cpu))
+    print(format_table(timings, setting.batch))
     if "dinov2" in timings:
         print(f"dinov2 worker stand-ins: {timings['dinov2'].note}")
         basis = "process CPU time" if on_cpu else "wall time"
         for name, t in timings.items():
             if name != "dinov2":
-                per_round = ", ".join(f"{x:.3f}" for x in ratios(t, timings["dinov2"], on_cpu))
+                per_round = ", ".join(f"{x:.3f}" for x in round_ratios(t, timings["dinov2"]))
                 print(f"{name}/dinov2 per-round ratios of {basis}: {per_round}")
     ok = all(t.wall and all(math.isfinite(x) for x in t.wall) for t in timings.values())
     return 0 if ok else 1

@@ -66,8 +66,8 @@ def sinkhorn_knopp(teacher_logits: Tensor, temperature: float, n_iterations: int
 
     if not distributed and n_local == 0:
         return teacher_logits.float().clone()
-    # global batch size, kept on device (no host sync).
-    n_global = torch.tensor(float(n_local), device=teacher_logits.device)
+    # global batch size, filled on the device (no host-to-device copy, no sync).
+    n_global = teacher_logits.new_full((), float(n_local), dtype=torch.float32)
     n_global = _all_reduce(n_global, dist.ReduceOp.SUM, distributed)
 
     x = teacher_logits.float() / temperature  # (N, K), a new tensor: updated in place below

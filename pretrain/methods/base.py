@@ -322,13 +322,13 @@ class JointEmbeddingStudent(nn.Module):
         The projector runs per view (its BatchNorm statistics are per view, as in VICReg).
         """
         backbone, split = self.encoder.backbone, self.encoder.split_head
-        if self.decoders is None or split is None:  # CLS only: the last block skips the rest
-            cls = backbone(global_crops, rows=backbone.cls_rows(global_crops))
-        else:
+        if (
+            self.decoders is None or split is None
+        ):  # z_inv of CLS only: the last block skips the rest
+            cls, _ = self.encoder(global_crops, rows=backbone.cls_rows(global_crops))
+        else:  # the decoders read every patch token
             tokens = backbone(global_crops)
-            cls = tokens[:, 0]
-        if split is not None:
-            cls = split.inv(cls)  # z_inv of CLS only
+            cls = split.inv(tokens[:, 0])
         b = cls.shape[0] // 2
         out: dict[str, Any] = {
             "embeddings": torch.cat([self.projector(cls[:b]), self.projector(cls[b:])])

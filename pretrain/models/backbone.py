@@ -11,10 +11,8 @@ import torch
 from timm.layers import DropPath
 from torch import nn
 
-from pretrain.models.blocks import (  # noqa: F401  (re-exported: tests, benchmarks)
+from pretrain.models.blocks import (  # noqa: F401  (set_drop_path_mode: public, re-exported)
     DROP_PATH_MODES,
-    _residual,
-    _stochastic_round,
     attention_forward,
     set_drop_path_mode,
 )

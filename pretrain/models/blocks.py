@@ -92,8 +92,11 @@ def attention_context(attn: nn.Module, y: torch.Tensor) -> torch.Tensor:
     return out.transpose(1, 2).reshape(b, n, -1)
 
 
-def attention_output(attn: nn.Module, context: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The rest of `Attention.forward`, token-wise: norm, gate (from the input y), projection."""
+def attention_output(
+    attn: nn.Module, context: torch.Tensor, y: torch.Tensor | None
+) -> torch.Tensor:
+    """The rest of `Attention.forward`, token-wise: norm, gate (from the input y, the same
+    tokens as `context`; unused without a gate), projection."""
     x = attn.norm(context)
     gate = getattr(attn, "gate", None)
     if gate is not None:
@@ -149,7 +152,9 @@ def _block_rows(blk: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> torch.Te
     scale = _row_scales(blk, 1, b, x, sample) if subset else None  # drawn where the block does
     y = blk.norm1(x)
     context = attention_context(blk.attn, y).reshape(b * length, -1).index_select(0, rows)
-    branch = blk.ls1(attention_output(blk.attn, context, y.reshape(b * length, dim)[rows]))
+    gated = getattr(blk.attn, "gate", None) is not None
+    y_rows = y.reshape(b * length, dim).index_select(0, rows) if gated else None
+    branch = blk.ls1(attention_output(blk.attn, context, y_rows))
     if not subset:
         scale = _row_scales(blk, 1, b, x, sample)
     x_rows = flat.index_select(0, rows)

@@ -87,7 +87,7 @@ class _PrototypeLogits(torch.autograd.Function):
 
     The normalization is folded into the (n, K) output instead of writing the normalized
     (K, d) matrix: forward reads v once for the row norms and once in the matmul; backward is
-    one matmul per input plus one fused pass over v,
+    one matmul per input plus passes over v (nothing of size (n, K) is kept for it),
         ∂L/∂v_k = s · (Σ_n g_nk h_n) / ‖v_k‖ − (Σ_n g_nk o_nk) · v_k / ‖v_k‖²  (o: the output).
     Under autocast the matmuls run in the autocast dtype; norms and the correction in fp32.
     (A zero row is guarded by `eps` on its norm, as `F.normalize`.)
@@ -103,22 +103,24 @@ class _PrototypeLogits(torch.autograd.Function):
             inv_norm = torch.linalg.vector_norm(v.to(wide), dim=1).clamp_min_(eps).reciprocal_()
             hc, vc = h.to(dtype), v.to(dtype)
             logits = (hc @ vc.t()).mul_((inv_norm * scale).to(dtype))
-        ctx.save_for_backward(hc, vc, inv_norm, logits)
+        ctx.save_for_backward(hc, vc, inv_norm)  # not the (n, K) logits: see backward
         ctx.scale = scale
         ctx.input_dtypes = (h.dtype, v.dtype)
         return logits
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
-        hc, vc, inv_norm, logits = ctx.saved_tensors
+        hc, vc, inv_norm = ctx.saved_tensors
         with torch.autocast(grad.device.type, enabled=False):
             scaled = grad.to(hc.dtype) * (inv_norm * ctx.scale).to(hc.dtype)  # (n, K)
             grad_h = (scaled @ vc).to(ctx.input_dtypes[0])
-            # Σ_n g_nk s_nk / ‖v_k‖², in fp32
+            # G = s·(Σ_n g_nk h_n)/‖v_k‖; Σ_n g_nk o_nk = v_k·G_k, so the correction removes
+            # each row's component along v_k: ∂L/∂v_k = G_k − (v_k·G_k) v_k / ‖v_k‖².
             wide = inv_norm.dtype
-            coef = (grad.to(wide) * logits.to(wide)).sum(0).mul_(inv_norm).mul_(inv_norm)
             grad_v = (scaled.t() @ hc).to(wide)
-            grad_v.addcmul_(vc.to(wide), coef.unsqueeze(1), value=-1.0)
+            v = vc.to(wide)
+            coef = torch.linalg.vecdot(v, grad_v).mul_(inv_norm).mul_(inv_norm)
+            grad_v.addcmul_(v, coef.unsqueeze(1), value=-1.0)
         return grad_h, grad_v.to(ctx.input_dtypes[1]), None, None
 
 

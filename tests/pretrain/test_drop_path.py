@@ -8,12 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from pretrain.models.backbone import (
-    _residual,
-    _stochastic_round,
-    build_backbone,
-    set_drop_path_mode,
-)
+from pretrain.models.backbone import build_backbone, set_drop_path_mode
+from pretrain.models.blocks import _residual, _stochastic_round
 
 
 def _tiny(drop_path: float, mode: str = "subset") -> nn.Module:
