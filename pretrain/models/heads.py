@@ -87,7 +87,7 @@ class _PrototypeLogits(torch.autograd.Function):
 
     The normalization is folded into the (n, K) output instead of writing the normalized
     (K, d) matrix: forward reads v once for the row norms and once in the matmul; backward is
-    one matmul per input plus passes over v (nothing of size (n, K) is kept for it),
+    one matmul per input plus passes over v (the (n, K) output is kept only when n <= d),
         ∂L/∂v_k = s · (Σ_n g_nk h_n) / ‖v_k‖ − (Σ_n g_nk o_nk) · v_k / ‖v_k‖²  (o: the output).
     Under autocast the matmuls run in the autocast dtype; norms and the correction in fp32.
     (A zero row is guarded by `eps` on its norm, as `F.normalize`.)
@@ -103,14 +103,17 @@ class _PrototypeLogits(torch.autograd.Function):
             inv_norm = torch.linalg.vector_norm(v.to(wide), dim=1).clamp_min_(eps).reciprocal_()
             hc, vc = h.to(dtype), v.to(dtype)
             logits = (hc @ vc.t()).mul_((inv_norm * scale).to(dtype))
-        ctx.save_for_backward(hc, vc, inv_norm)  # not the (n, K) logits: see backward
+        # The correction term needs Σ_n g_nk o_nk: from the kept (n, K) logits when n <= d (a
+        # pass over n·K), else from v (a pass over K·d, nothing of size (n, K) kept).
+        ctx.keep_logits = h.shape[0] <= v.shape[1]
+        ctx.save_for_backward(hc, vc, inv_norm, logits if ctx.keep_logits else None)
         ctx.scale = scale
         ctx.input_dtypes = (h.dtype, v.dtype)
         return logits
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
-        hc, vc, inv_norm = ctx.saved_tensors
+        hc, vc, inv_norm, logits = ctx.saved_tensors
         with torch.autocast(grad.device.type, enabled=False):
             scaled = grad.to(hc.dtype) * (inv_norm * ctx.scale).to(hc.dtype)  # (n, K)
             grad_h = (scaled @ vc).to(ctx.input_dtypes[0])
@@ -119,7 +122,11 @@ class _PrototypeLogits(torch.autograd.Function):
             wide = inv_norm.dtype
             grad_v = (scaled.t() @ hc).to(wide)
             v = vc.to(wide)
-            coef = torch.linalg.vecdot(v, grad_v).mul_(inv_norm).mul_(inv_norm)
+            if ctx.keep_logits:
+                coef = (grad.to(wide) * logits.to(wide)).sum(0)
+            else:
+                coef = torch.linalg.vecdot(v, grad_v)
+            coef.mul_(inv_norm).mul_(inv_norm)
             grad_v.addcmul_(v, coef.unsqueeze(1), value=-1.0)
         return grad_h, grad_v.to(ctx.input_dtypes[1]), None, None
 

@@ -184,7 +184,7 @@ def test_teacher_never_uses_stochastic_depth(name: str) -> None:
     assert torch.equal(first, second)
 
 
-@pytest.mark.parametrize("rows_shape", [(7,), (2, 5)])
+@pytest.mark.parametrize("rows_shape", [(7,), (2, 5), (20,)])  # 20 > d = 12: v-side correction
 def test_prototype_logits_equal_normalized_matmul(rows_shape: tuple[int, ...]) -> None:
     """The folded normalization gives F.normalize's logits and gradients (h and v)."""
     torch.manual_seed(0)
