@@ -41,6 +41,21 @@ def _mean_std(values: list[float]) -> str:
     return f"{mean:.3f} ± {statistics.stdev(values):.3f}"
 
 
+def _clear(deltas: list[float], higher: bool) -> str:
+    """ "better"/"worse" when every paired Δ has that sign and |mean| > 2·std, else "no"."""
+    if len(deltas) < 2:
+        return "–"
+    mean, std = statistics.fmean(deltas), statistics.stdev(deltas)
+    sign = 1 if higher else -1
+    if abs(mean) <= 2 * std:
+        return "no"
+    if all(sign * v > 0 for v in deltas):
+        return "better"
+    if all(sign * v < 0 for v in deltas):
+        return "worse"
+    return "no"
+
+
 def _seed(run_dir: Path) -> int:
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     return int((cfg.get("train") or {}).get("seed", 0))
@@ -60,14 +75,23 @@ def summarize(run_dirs: list[Path], times: Path | None = None) -> str:
     paired = sorted(set(base) & set(recon))
     lines = [
         f"Seeds: baseline {sorted(base)}, +recon {sorted(recon)}; mean ± sample std over seeds;",
-        "Δ = +recon − baseline, paired by seed. ↑/↓: higher/lower is better.",
+        'Δ = +recon − baseline, paired by seed. ↑/↓: higher/lower is better. "clear": Δ on',
+        "the better side in every seed and |mean Δ| > 2 · std(Δ) (issue #14's criterion).",
         "",
         "| "
         + " | ".join(
-            ["metric", "baseline", "+recon", "Δ (paired)", *(f"{f} floor" for f in floors)]
+            [
+                "metric",
+                "baseline",
+                "+recon",
+                "Δ (paired)",
+                "Δ per seed",
+                "clear?",
+                *(f"{f} floor" for f in floors),
+            ]
         )
         + " |",
-        "|---|---|---|---|" + "---|" * len(floors),
+        "|---|---|---|---|---|---|" + "---|" * len(floors),
     ]
     for key, label, higher in METRICS:
         b = [base[s][key] for s in sorted(base) if key in base[s]]
@@ -75,7 +99,16 @@ def summarize(run_dirs: list[Path], times: Path | None = None) -> str:
         d = [recon[s][key] - base[s][key] for s in paired if key in recon[s] and key in base[s]]
         floor_cells = [f"{floors[f][key]:.3f}" if key in floors[f] else "–" for f in floors]
         arrow = "↑" if higher else "↓"
-        cells = [f"{label} {arrow}", _mean_std(b), _mean_std(r), _mean_std(d), *floor_cells]
+        per_seed = ", ".join(f"{v:+.3f}" for v in d) or "–"
+        cells = [
+            f"{label} {arrow}",
+            _mean_std(b),
+            _mean_std(r),
+            _mean_std(d),
+            per_seed,
+            _clear(d, higher),
+            *floor_cells,
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     if times is not None and times.is_file():
         with times.open() as f:

@@ -91,9 +91,21 @@ def decode_image(sample: Sample) -> Image.Image:
         raise SkipSample("no_image")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return image.convert("RGB")
+            return to_rgb(image)
     except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, bomb errors ...
         raise SkipSample("decode_error") from err
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB of any PIL image; transparency (RGBA, LA, palette with a transparent index) is
+    composited over white, as a viewer shows it (a plain ``convert("RGB")`` keeps whatever
+    colour the transparent pixels store, usually black)."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return image.convert("RGB")
 
 
 def decode_label(sample: Sample) -> int:

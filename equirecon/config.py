@@ -170,12 +170,17 @@ class EvalConfig:
     batch_size: int = 256  # images per feature-extraction batch
     # Equivariance R² (natural subset): transforms, images, views, the MLP h.
     equivariance_transforms: str = "rotation,translation,se2,color,blur"
-    # What h reads of f(I) and f(g(I)): "grid" = [CLS; patch tokens average-pooled to an
-    # equivariance_grid² grid, flattened] (keeps the layout that rotations move; 0: the full patch
-    # grid); "global" = the eval.pooling vector ([CLS; mean patch]), which is almost invariant to
-    # rotations of the input.
-    equivariance_features: str = "grid"
+    # What h reads of f(I) and f(g(I)): "global" = the eval.pooling vector ([CLS; mean patch]),
+    # the paper's / SIE's protocol; "grid" = [CLS; patch tokens average-pooled to an
+    # equivariance_grid² grid, flattened] (0: the full patch grid); "equi" = the split head's
+    # z_equi slice, pooled as eval.pooling (runs with recon on).
+    equivariance_features: str = "global"
     equivariance_grid: int = 2
+    # How I and g(I) are made: "context" = g applied to a larger image, centre crop (no fill,
+    # nothing but content tells θ); "disk" = both masked to the inscribed disk; "full" = g on
+    # the image with its zero fill visible (the fill's shape alone gives θ away).
+    equivariance_view: str = "context"
+    r2_repeats: int = 1  # fits of h per transform (R² = their mean; std logged as *_r2_std)
     max_train_images: int = 768
     max_test_images: int = 256
     r2_views: int = 2

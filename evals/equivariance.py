@@ -10,15 +10,107 @@ normalization layers in h, `views_per_image` draws of θ per train image and one
 Model selection: `val_fraction` of the train images (with all their views) is held out and h is
 kept at the epoch with the best validation R² (epoch 0 = the untrained h is not a candidate), so
 a small train set makes h stop early instead of overfitting into a negative test R².
+
+Views (`view`, see `EQUIVARIANCE_VIEWS`): a geometric g_θ with zero fill leaves black corners
+or strips whose shape alone gives θ away, so a probe on such images measures borders, not
+features. By default ("context") g is applied to a larger image and the centre is cropped: I is
+the centre crop of the source, g(I) the centre crop of g(source), both natural images without
+any fill (the source side comes from `context_size`). "disk" multiplies I and g(I) by the
+inscribed disk, shrunk by `DISK_MARGIN` pixels (its rim would otherwise carry the fill); "full" is the plain protocol with the fill visible.
+
+Probe noise: `repeats` > 1 fits h that many times (seeds seed, seed+1, ...) on the same
+features and θ draws and reports the mean R² and the std across fits.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
 
 from data_pipeline.transforms import EquiTransform
 from evals.features import FeatureFn, extract_features, to_cpu_features
+
+EQUIVARIANCE_VIEWS = ("context", "disk", "full")
+"""How I and g(I) are shown to the encoder: see the module docstring."""
+
+
+def context_size(transform: EquiTransform, size: int) -> int:
+    """Side of the source image whose centre `size` crop stays inside the source under any g_θ.
+
+    A rotation by φ (|φ| <= 45°) of a `size` square needs a source of side size·(cos φ + sin φ);
+    a translation t (per axis) adds 2·|t| (SE(2) in exponential coordinates moves the centre by
+    at most |t|). Photometric transforms need no context (returns `size`).
+    """
+    names = transform.param_names
+    ranges = dict(zip(names, transform.param_ranges))
+    angle = max((abs(v) for v in ranges.get("angle_deg", (0.0, 0.0))), default=0.0)
+    angle = math.radians(min(angle, 45.0))
+    shift = max((abs(v) for n, r in ranges.items() if "shift" in n for v in r), default=0.0)
+    if "angle_deg" not in ranges and shift == 0.0:
+        return int(size)
+    need = size * (math.cos(angle) + math.sin(angle)) + 2 * math.hypot(shift, shift)
+    return int(math.ceil(need)) + 2  # +2: bilinear support at the crop border
+
+
+def center_crop(images: Tensor, size: int) -> Tensor:
+    """The centre size x size crop of (B, C, H, W) images (H, W >= size)."""
+    h, w = images.shape[-2:]
+    if h < size or w < size:
+        raise ValueError(f"cannot crop {size}x{size} from {h}x{w} images")
+    top, left = (h - size) // 2, (w - size) // 2
+    return images[..., top : top + size, left : left + size]
+
+
+def inscribed_disk(size: int, margin: float = 0.0, device: torch.device | str = "cpu") -> Tensor:
+    """(size, size) float mask: 1 where the pixel centre is inside the inscribed disk shrunk by
+    `margin` pixels."""
+    c = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) - size / 2
+    radius = size / 2 - margin
+    return ((c[:, None] ** 2 + c[None, :] ** 2) <= radius**2).float()
+
+
+DISK_MARGIN = 1.5
+"""Pixels between the probe's disk and the image border: bilinear resampling pulls the zero fill
+into the outermost pixel ring, whose θ-dependent pattern would otherwise give θ away."""
+
+
+class ProbeView:
+    """Makes the two images the probe compares, I and g_θ(I), from a batch of source images.
+
+    Args:
+        transform: the family g_θ (built for crops of `size`).
+        view: one of `EQUIVARIANCE_VIEWS`.
+        size: side of I and g(I) as the encoder sees them.
+    """
+
+    def __init__(self, transform: EquiTransform, view: str, size: int) -> None:
+        if view not in EQUIVARIANCE_VIEWS:
+            raise ValueError(
+                f"unknown eval.equivariance_view {view!r}; choose one of {list(EQUIVARIANCE_VIEWS)}"
+            )
+        self.transform, self.view, self.size = transform, view, int(size)
+
+    @property
+    def source_size(self) -> int:
+        """Side of the source images this view expects."""
+        return context_size(self.transform, self.size) if self.view == "context" else self.size
+
+    def _finish(self, images: Tensor) -> Tensor:
+        if self.view == "context":
+            return center_crop(images, self.size)
+        if self.view == "disk":
+            return images * inscribed_disk(self.size, DISK_MARGIN, images.device)
+        return images
+
+    def plain(self, sources: Tensor) -> Tensor:
+        """I: (B, 3, S, S) sources -> (B, 3, size, size)."""
+        return self._finish(sources)
+
+    def transformed(self, sources: Tensor, params: Tensor) -> Tensor:
+        """g_θ(I): (B, 3, S, S) sources, (B, P) θ -> (B, 3, size, size)."""
+        return self._finish(self.transform.apply(sources, params))
 
 
 def equivariance_r2(
@@ -36,6 +128,8 @@ def equivariance_r2(
     views_per_image: int = 2,
     val_fraction: float = 0.1,
     progress: bool = False,
+    view: str = "full",
+    repeats: int = 1,
 ) -> dict:
     """Fit h: [f(I); f(g_θ(I))] -> θ on train images and report R² on test images.
 
@@ -43,9 +137,10 @@ def equivariance_r2(
 
     Args:
         feature_fn: frozen encoder, (B, 3, H, W) normalized images -> (B, D) features.
-        train_images: (N, 3, H, W) normalized images for fitting h.
-        test_images: (M, 3, H, W) normalized held-out images.
-        transform: the family g_θ (e.g. `build_transform("rotation", H)`).
+        train_images: (N, 3, S, S) normalized source images for fitting h; S is
+            `ProbeView(transform, view, H).source_size` (S = H unless view is "context").
+        test_images: (M, 3, S, S) normalized held-out source images.
+        transform: the family g_θ for crops of H (e.g. `build_transform("rotation", H)`).
         seed: seed of θ sampling, h's initialization and batch order.
         epochs: passes of Adam over the N * views_per_image train pairs.
         hidden: width of h's two hidden layers.
@@ -55,13 +150,24 @@ def equivariance_r2(
         views_per_image: θ draws per train image (each test image gets one).
         val_fraction: share of train images held out to pick h's best epoch (0: last epoch).
         progress: show tqdm bars.
+        view: how I and g(I) are made (`EQUIVARIANCE_VIEWS`; "full" keeps the fill visible).
+        repeats: fits of h (seeds seed, seed+1, ...) on the same features; R² is their mean.
 
     Returns:
-        {"r2": mean R² over parameters, "r2_per_param": {name: R²}, "n_train": number of train
-        pairs (N * views_per_image), "n_test": M}.
+        {"r2": mean R² over parameters (and fits), "r2_std": std of that R² across fits (0.0
+        for one fit), "r2_fits": [R² per fit], "r2_per_param": {name: R²}, "n_train": number of
+        train pairs (N * views_per_image), "n_test": M, "view": view, "source_size": S}.
     """
-    if views_per_image < 1 or epochs < 1 or batch_size < 1:
-        raise ValueError("views_per_image, epochs and batch_size must be >= 1")
+    if views_per_image < 1 or epochs < 1 or batch_size < 1 or repeats < 1:
+        raise ValueError("views_per_image, epochs, batch_size and repeats must be >= 1")
+    size = transform.image_size
+    probe_view = ProbeView(transform, view, size)
+    for name, imgs in (("train", train_images), ("test", test_images)):
+        if tuple(imgs.shape[-2:]) != (probe_view.source_size,) * 2:
+            raise ValueError(
+                f"{name} images are {tuple(imgs.shape[-2:])}; view {view!r} of {size}px crops "
+                f"needs {probe_view.source_size}x{probe_view.source_size} sources"
+            )
     generator = torch.Generator().manual_seed(seed)
     n_train, n_test = train_images.shape[0], test_images.shape[0]
     train_params = transform.sample(n_train * views_per_image, generator)  # (N*V, P), view-major
@@ -69,10 +175,14 @@ def equivariance_r2(
 
     def features(images: Tensor, params: Tensor, split: str) -> Tensor:
         plain = extract_features(
-            feature_fn, images, batch_size, device, f"{split}: f(I)" if progress else None
+            lambda x: feature_fn(probe_view.plain(x)),
+            images,
+            batch_size,
+            device,
+            f"{split}: f(I)" if progress else None,
         )
         transformed = _transformed_features(
-            feature_fn, images, params, transform, batch_size, device, split, progress
+            feature_fn, images, params, probe_view, batch_size, device, split, progress
         )
         views = params.shape[0] // images.shape[0]
         return torch.cat([plain.repeat(views, 1), transformed], dim=1)  # (N*V, 2D)
@@ -92,18 +202,27 @@ def equivariance_r2(
     val = (x_train[val_rows], y_train[val_rows]) if n_val_images else None
     x_fit, y_fit = x_train[~val_rows], y_train[~val_rows]
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        head = _regressor(x_train.shape[1], hidden, transform.num_params)
-    head = _fit(head, x_fit, y_fit, generator, epochs, lr, batch_size, device, progress, val)
-    with torch.no_grad():
-        pred = torch.cat([head(x.to(device)).cpu() for x in x_test.split(batch_size)])  # (M, P)
-    per_param = _r2(pred, y_test)
+    fits = []
+    for r in range(repeats):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + r)
+            head = _regressor(x_train.shape[1], hidden, transform.num_params)
+        order = generator if r == 0 else torch.Generator().manual_seed(seed + r)
+        head = _fit(head, x_fit, y_fit, order, epochs, lr, batch_size, device, progress, val)
+        with torch.no_grad():
+            pred = torch.cat([head(x.to(device)).cpu() for x in x_test.split(batch_size)])
+        fits.append(_r2(pred, y_test))  # (P,)
+    per_param = torch.stack(fits).mean(dim=0)
+    fit_r2 = [float(f.mean()) for f in fits]
     return {
         "r2": float(per_param.mean()),
+        "r2_std": float(torch.tensor(fit_r2).std()) if repeats > 1 else 0.0,
+        "r2_fits": fit_r2,
         "r2_per_param": {n: float(v) for n, v in zip(transform.param_names, per_param)},
         "n_train": x_train.shape[0],
         "n_test": n_test,
+        "view": view,
+        "source_size": probe_view.source_size,
     }
 
 
@@ -111,13 +230,13 @@ def _transformed_features(
     feature_fn: FeatureFn,
     images: Tensor,
     params: Tensor,
-    transform: EquiTransform,
+    probe_view: ProbeView,
     batch_size: int,
     device: torch.device | str,
     split: str,
     progress: bool,
 ) -> Tensor:
-    """f(g_θ(I)) for every row of params (N*V, P), view-major over images (N, 3, H, W) -> (N*V, D).
+    """f(g_θ(I)) for every row of params (N*V, P), view-major over sources (N, 3, S, S) -> (N*V, D).
 
     The transformed images are made batch by batch on `device`, never all held at once.
     """
@@ -132,7 +251,8 @@ def _transformed_features(
         for view, start in starts:
             batch = images[start : start + batch_size].to(device, non_blocking=True)
             rows = params[view * n + start : view * n + start + batch.shape[0]].to(device)
-            chunks.append(to_cpu_features(feature_fn(transform.apply(batch, rows)), batch.shape[0]))
+            transformed = probe_view.transformed(batch, rows)
+            chunks.append(to_cpu_features(feature_fn(transformed), batch.shape[0]))
     return torch.cat(chunks)
 
 
@@ -161,12 +281,16 @@ def _fit(
 ) -> nn.Module:
     """Train `head` on (x (n, F), y (n, P)) with Adam and MSE; returns it in eval mode.
 
-    With `val`, the weights of the epoch with the best mean validation R² are returned.
+    With `val`, the weights of the epoch with the best mean validation R² are returned, or a
+    constant predictor of the train mean (R² ≈ 0) when no epoch beats it: the probe reports "no
+    information" rather than the overfit of an h that never generalized.
     """
     head = head.to(device).train()
     x, y = x.to(device), y.to(device)
     optimizer = torch.optim.Adam(head.parameters(), lr=lr, foreach=True)
     best: tuple[float, dict[str, Tensor]] | None = None
+    if val is not None:  # the first candidate: h that predicts the train mean of θ everywhere
+        best = _constant_candidate(head, y, val[1])
     loop = range(epochs)
     if progress:
         from tqdm.auto import tqdm
@@ -189,6 +313,19 @@ def _fit(
     if best is not None:
         head.load_state_dict(best[1])
     return head.eval()
+
+
+def _constant_candidate(
+    head: nn.Module, y_fit: Tensor, y_val: Tensor
+) -> tuple[float, dict[str, Tensor]]:
+    """(validation R², state) of `head` with its last layer set to output mean(y_fit)."""
+    state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+    last = [k for k in state if k.endswith(".weight")][-1]
+    state[last].zero_()
+    mean = y_fit.mean(dim=0)
+    state[last[: -len("weight")] + "bias"].copy_(mean.to(state[last].device))
+    score = float(_r2(mean.expand_as(y_val).cpu(), y_val.cpu()).mean())
+    return score, state
 
 
 def _r2(pred: Tensor, target: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ FeatureFn = Callable[[Tensor], Tensor]
 """Maps a batch of normalized images (B, 3, H, W) to one feature vector per image (B, D)."""
 
 POOLINGS = ("cls", "cls+mean", "mean")
-EQUIVARIANCE_FEATURES = ("grid", "global")
+EQUIVARIANCE_FEATURES = ("global", "grid", "equi")
 
 
 def extract_features(

@@ -47,15 +47,25 @@ class FeatureProvider:
         """
         return pool_patch_grid(self.patch_features(images), grid)
 
-    def equivariance_fn(self, kind: str = "grid", grid: int = 2) -> FeatureFn:
-        """What the equivariance regressor reads of one image: "grid" (`grid_features`) or
-        "global" (`global_features`)."""
+    def equi_features(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) -> the z_equi slice of the split head, pooled like the global feature.
+
+        Providers without a split head (raw pixels) give their global feature.
+        """
+        return self.global_features(images)
+
+    def equivariance_fn(self, kind: str = "global", grid: int = 2) -> FeatureFn:
+        """What the equivariance regressor reads of one image: "global" (`global_features`, the
+        paper's/SIE's protocol), "grid" (`grid_features`) or "equi" (`equi_features`)."""
         if kind not in EQUIVARIANCE_FEATURES:
             raise ValueError(
-                f"unknown equivariance features {kind!r}; choose one of {list(EQUIVARIANCE_FEATURES)}"
+                f"unknown eval.equivariance_features {kind!r}; "
+                f"choose one of {list(EQUIVARIANCE_FEATURES)}"
             )
         if kind == "global":
             return self.global_features
+        if kind == "equi":
+            return self.equi_features
         return lambda images: self.grid_features(images, grid)
 
     def to(self, device: torch.device | str) -> FeatureProvider:
@@ -66,11 +76,21 @@ class BackboneFeatures(FeatureProvider):
     """A ViT backbone returning tokens (B, P + N, D) (CLS first, P prefix tokens).
 
     Global feature: `pooling` of `evals.features.backbone_feature_fn` ([CLS; mean patch] by
-    default). Patch features: the N patch tokens on their (H/p, W/p) grid.
+    default). Patch features: the N patch tokens on their (H/p, W/p) grid. With a `split_head`
+    (a `pretrain.models.heads.SplitHead`, recon on), `equi_features` is its z_equi slice of the
+    tokens, pooled as `pooling`.
     """
 
-    def __init__(self, backbone: nn.Module, name: str = "backbone", pooling: str = "cls+mean"):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        name: str = "backbone",
+        pooling: str = "cls+mean",
+        split_head: nn.Module | None = None,
+    ):
         self.backbone = backbone.eval()
+        self.split_head = split_head.eval() if split_head is not None else None
+        self.pooling = pooling
         self.name = name
         self.patch_size = int(backbone.patch_size)
         self.num_prefix_tokens = int(getattr(backbone, "num_prefix_tokens", 1))
@@ -81,6 +101,15 @@ class BackboneFeatures(FeatureProvider):
 
     def patch_features(self, images: Tensor) -> Tensor:
         return self._patch_grid(self.backbone(images), images.shape)
+
+    def equi_features(self, images: Tensor) -> Tensor:
+        if self.split_head is None:
+            raise ValueError(
+                "eval.equivariance_features=equi needs a split head (a run with recon.enabled)"
+            )
+        z_equi = self.split_head(self.backbone(images))[1]  # (B, P + N, d_equi)
+        cls, patch_mean = z_equi[:, 0], z_equi[:, self.num_prefix_tokens :].mean(dim=1)
+        return {"cls": cls, "mean": patch_mean}.get(self.pooling, torch.cat([cls, patch_mean], 1))
 
     def grid_features(self, images: Tensor, grid: int) -> Tensor:
         """[CLS; patch tokens pooled to grid x grid, flattened] from one backbone forward."""
@@ -103,6 +132,8 @@ class BackboneFeatures(FeatureProvider):
 
     def to(self, device: torch.device | str) -> BackboneFeatures:
         self.backbone.to(device)
+        if self.split_head is not None:
+            self.split_head.to(device)
         return self
 
 
@@ -141,8 +172,22 @@ def random_like(backbone: nn.Module, seed: int = 0) -> nn.Module:
     return fresh.eval()
 
 
+def random_split_head_like(split_head: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of a `SplitHead` re-initialized as at construction (trunc-normal 0.02, zero bias)."""
+    fresh = copy.deepcopy(split_head)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        nn.init.trunc_normal_(fresh.proj.weight, std=0.02)
+        nn.init.zeros_(fresh.proj.bias)
+    return fresh.eval()
+
+
 def build_provider(
-    backbone: nn.Module, floor: str | None = None, seed: int = 0, pooling: str = "cls+mean"
+    backbone: nn.Module,
+    floor: str | None = None,
+    seed: int = 0,
+    pooling: str = "cls+mean",
+    split_head: nn.Module | None = None,
 ) -> FeatureProvider:
     """The provider of a loaded backbone, or of a floor with the backbone's shape.
 
@@ -151,13 +196,16 @@ def build_provider(
         floor: None (the backbone itself), "pixels" or "random".
         seed: seed of the random-init floor.
         pooling: global pooling of ViT tokens (see `backbone_feature_fn`).
+        split_head: the trained split head (recon on), read by `equi_features`; the random
+            floor gets a re-initialized copy.
     """
     if floor is None:
-        return BackboneFeatures(backbone, "backbone", pooling)
+        return BackboneFeatures(backbone, "backbone", pooling, split_head)
     if floor == "pixels":
         return PixelFeatures(int(backbone.patch_size))
     if floor == "random":
-        return BackboneFeatures(random_like(backbone, seed), "random", pooling)
+        head = random_split_head_like(split_head, seed) if split_head is not None else None
+        return BackboneFeatures(random_like(backbone, seed), "random", pooling, head)
     raise ValueError(f"unknown floor {floor!r}; choose one of {list(FLOORS)}")
 
 

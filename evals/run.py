@@ -33,6 +33,7 @@ from evals.providers import FLOORS, FeatureProvider, build_provider
 from evals.results import floor_result_path, step_result_path, write_json_atomic
 from pretrain.checkpoint import STEP_RE, Checkpointer
 from pretrain.models.backbone import Backbone, backbone_kwargs, build_backbone
+from pretrain.models.heads import SplitHead
 
 log = logging.getLogger("equirecon.eval")
 
@@ -85,6 +86,18 @@ def checkpoint_config(ckpt: Path) -> Config:
 
 def load_teacher_backbone(ckpt: str | Path, cfg: Config | None = None) -> tuple[Backbone, Config]:
     """Build the backbone of the checkpoint's config and load the teacher's weights into it."""
+    backbone, _, cfg = load_teacher_encoder(ckpt, cfg, split_head=False)
+    return backbone, cfg
+
+
+def load_teacher_encoder(
+    ckpt: str | Path, cfg: Config | None = None, split_head: bool = True
+) -> tuple[Backbone, SplitHead | None, Config]:
+    """The checkpoint's representation: backbone and (recon on, `split_head`) split head.
+
+    The teacher's where the method has an EMA teacher (DINOv2, iBOT), else the (shared) student
+    encoder's (VICReg, SimCLR) (DESIGN §1.5). The split head is None when recon is off.
+    """
     ckpt = Path(ckpt)
     if not (ckpt / ".metadata").is_file():
         raise FileNotFoundError(f"{ckpt} is not a complete DCP checkpoint (no .metadata)")
@@ -92,16 +105,26 @@ def load_teacher_backbone(ckpt: str | Path, cfg: Config | None = None) -> tuple[
     kwargs = backbone_kwargs(cfg.model, cfg.data.global_size)
     kwargs["drop_path"] = 0.0
     backbone = build_backbone(**kwargs)
+    head = (
+        SplitHead(backbone.embed_dim, cfg.d_patch, cfg.d_equi)
+        if split_head and cfg.recon.enabled
+        else None
+    )
     from pretrain.methods import get_method
 
-    # The representation of DESIGN §1.5: the teacher backbone where the method has an EMA
-    # teacher (DINOv2, iBOT), else the (shared) student encoder's backbone (VICReg, SimCLR).
     key = "teacher" if getattr(get_method(cfg.method.name), "has_teacher", True) else "student"
-    prefix = "encoder.backbone."
-    state = {key: {prefix + k: v for k, v in backbone.state_dict().items()}}
+    modules = {"encoder.backbone.": backbone}
+    if head is not None:
+        modules["encoder.split_head."] = head
+    state = {
+        key: {prefix + k: v for prefix, m in modules.items() for k, v in m.state_dict().items()}
+    }
     Checkpointer(ckpt.parent.parent).load(ckpt, state, partial=True)
-    backbone.load_state_dict({k[len(prefix) :]: v for k, v in state[key].items()})
-    return backbone.eval(), cfg
+    for prefix, module in modules.items():
+        module.load_state_dict(
+            {k[len(prefix) :]: v for k, v in state[key].items() if k.startswith(prefix)}
+        )
+    return backbone.eval(), (head.eval() if head is not None else None), cfg
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -161,18 +184,20 @@ TaskResult = tuple[dict[str, float], dict[str, Any]]
 
 def _task_equivariance(provider: FeatureProvider, ctx: EvalContext) -> TaskResult:
     from data_pipeline.transforms import build_transform
-    from evals.equivariance import equivariance_r2
+    from evals.equivariance import ProbeView, equivariance_r2
 
     e, size = ctx.cfg, ctx.img_size
-    train_x, _ = ctx.images("natural", "train", size, e.max_train_images)
-    test_x, _ = ctx.images("natural", "val", size, e.max_test_images)
     metrics, details = {}, {}
     for name in _split(e.equivariance_transforms):
+        transform = build_transform(name, size)
+        source = ProbeView(transform, e.equivariance_view, size).source_size
+        train_x, _ = ctx.images("natural", "train", source, e.max_train_images)
+        test_x, _ = ctx.images("natural", "val", source, e.max_test_images)
         res = equivariance_r2(
             provider.equivariance_fn(e.equivariance_features, e.equivariance_grid),
             train_x,
             test_x,
-            build_transform(name, size),
+            transform,
             seed=e.seed,
             epochs=e.r2_epochs,
             hidden=e.r2_hidden,
@@ -180,8 +205,12 @@ def _task_equivariance(provider: FeatureProvider, ctx: EvalContext) -> TaskResul
             views_per_image=e.r2_views,
             device=ctx.device,
             progress=ctx.progress,
+            view=e.equivariance_view,
+            repeats=e.r2_repeats,
         )
         metrics[f"eval/equivariance/{name}_r2"] = float(res["r2"])
+        if e.r2_repeats > 1:
+            metrics[f"eval/equivariance/{name}_r2_std"] = float(res["r2_std"])
         details[name] = {
             **res,
             "features": e.equivariance_features,
@@ -423,8 +452,10 @@ def evaluate_checkpoint(
     e = cfg.eval
     task_list = parse_tasks(tasks, e.tasks)
     data = data or e.data or cfg.data.path
-    backbone, cfg = load_teacher_backbone(ckpt, cfg)
-    provider = build_provider(backbone, floor, seed=e.seed, pooling=e.pooling)
+    backbone, split_head, cfg = load_teacher_encoder(ckpt, cfg)
+    provider = build_provider(
+        backbone, floor, seed=e.seed, pooling=e.pooling, split_head=split_head
+    )
     step = checkpoint_step(ckpt)
     run_dir = ckpt.parent.parent
     t0 = time.perf_counter()
@@ -505,6 +536,7 @@ __all__ = [
     "evaluate_checkpoint",
     "evaluate_export",
     "load_teacher_backbone",
+    "load_teacher_encoder",
     "parse_tasks",
     "resolve_checkpoint",
     "run_tasks",

@@ -375,3 +375,34 @@ def test_load_images_in_order(dataset: Path) -> None:
     assert labels is not None and labels.tolist() == [i % 10 for i in range(30)]
     again, _ = load_images(str(dataset), "natural", "train", 20, with_labels=False, max_images=30)
     assert torch.equal(images, again)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparent_pixels_decode_over_white(mode: str) -> None:
+    """A transparent background is white, as viewers show it (not the stored black)."""
+    from data_pipeline.reader import decode_image
+
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)  # transparent black
+    rgba[1:3, 1:3] = (200, 30, 30, 255)  # an opaque red square
+    image = Image.fromarray(rgba, "RGBA")
+    if mode == "LA":
+        image = image.convert("LA")
+    elif mode == "P":
+        image = image.convert("RGB").quantize(colors=4)
+        index = image.getpixel((0, 0))
+        image.info["transparency"] = index
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    decoded = np.asarray(decode_image({"png": buffer.getvalue()}))
+    assert decoded.shape == (4, 4, 3)
+    assert (decoded[0, 0] == 255).all(), decoded[0, 0]  # background
+    inner = decoded[1, 1]
+    assert inner.min() < 255  # the object keeps its colour
+    opaque = np.asarray(Image.fromarray(rgba[..., :3], "RGB").convert("RGB"))
+    assert (np.asarray(decode_image({"png": _png(opaque)})) == opaque).all()  # RGB unchanged
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()

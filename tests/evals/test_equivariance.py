@@ -17,7 +17,14 @@ from torch import nn
 
 from data_pipeline.batch import IMAGENET_MEAN, IMAGENET_STD
 from data_pipeline.transforms import build_transform
-from evals.equivariance import equivariance_r2
+from evals.equivariance import (
+    DISK_MARGIN,
+    ProbeView,
+    center_crop,
+    context_size,
+    equivariance_r2,
+    inscribed_disk,
+)
 from evals.features import backbone_feature_fn, extract_features
 
 SIZE = 32
@@ -220,6 +227,93 @@ def test_features_are_extracted_once_per_image_and_view() -> None:
     )
     assert sum(seen) == 20 + 2 * 20 + 10 + 10  # f(I) and f(g(I)), not once per epoch
     assert max(seen) <= 8
+
+
+# --- corner-free views (ProbeView) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["rotation", "translation", "se2"])
+def test_context_view_never_shows_the_fill(name: str) -> None:
+    """The centre crop of g(source) lies inside the source for the extreme θ of each family."""
+    transform = build_transform(name, SIZE)
+    view = ProbeView(transform, "context", SIZE)
+    source = view.source_size
+    assert source == context_size(transform, SIZE) > SIZE
+    ranges = transform.param_ranges
+    corners = torch.cartesian_prod(*[torch.tensor(r) for r in ranges]).reshape(-1, len(ranges))
+    ones = torch.ones(corners.shape[0], 3, source, source)
+    out = view.transformed(ones, corners)
+    assert out.shape == (corners.shape[0], 3, SIZE, SIZE)
+    assert out.min() > 0.999, f"{name}: fill reached the crop ({out.min():.3f})"
+    # A source one pixel smaller per side would show the fill at the extreme angle/shift.
+    tight = build_transform(name, SIZE)
+    smaller = tight.apply(torch.ones(corners.shape[0], 3, source - 6, source - 6), corners)
+    assert center_crop(smaller, SIZE).min() < 0.99
+    assert view.plain(ones).shape == (corners.shape[0], 3, SIZE, SIZE)
+
+
+def test_disk_view_masks_outside_and_rotation_keeps_the_disk_filled() -> None:
+    rotation = build_transform("rotation", SIZE)
+    view = ProbeView(rotation, "disk", SIZE)
+    assert abs(inscribed_disk(SIZE).mean() - math.pi / 4) < 0.02  # area of the inscribed disk
+    disk = inscribed_disk(SIZE, DISK_MARGIN)
+    assert disk[0, 0] == 0 and disk[SIZE // 2, 0] == 0 and disk[SIZE // 2, SIZE // 2] == 1
+    ones = torch.ones(2, 3, SIZE, SIZE)
+    out = view.transformed(ones, torch.tensor([[45.0], [-45.0]]))
+    assert (out * (1 - disk)).abs().max() == 0
+    assert out[..., disk.bool()].min() > 0.999  # no fill inside the probe's disk
+
+
+@pytest.mark.parametrize(
+    ("view", "readable"), [("full", True), ("disk", False), ("context", False)]
+)
+def test_only_the_full_view_lets_the_fill_give_rotation_away(view: str, readable: bool) -> None:
+    """Featureless (constant) images: θ is in the fill pattern and nowhere else."""
+    rotation = build_transform("rotation", SIZE)
+    side = ProbeView(rotation, view, SIZE).source_size
+    train, test = torch.ones(300, 3, side, side), torch.ones(100, 3, side, side)
+
+    def pixels(images: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(images, 8).flatten(1)
+
+    r2 = equivariance_r2(pixels, train, test, rotation, view=view, **FAST)["r2"]
+    assert (r2 > 0.8) if readable else (abs(r2) < 0.05), (view, r2)
+
+
+def test_view_checks_the_source_size_and_name() -> None:
+    rotation = build_transform("rotation", SIZE)
+    with pytest.raises(ValueError, match="needs 48x48 sources"):
+        equivariance_r2(
+            constant, smooth_images(8, 0), smooth_images(4, 1), rotation, view="context"
+        )
+    with pytest.raises(ValueError, match="equivariance_view"):
+        ProbeView(rotation, "corners", SIZE)
+    assert ProbeView(build_transform("color", SIZE), "context", SIZE).source_size == SIZE
+
+
+def test_repeats_average_fits_and_report_their_spread() -> None:
+    train, test = blob_images(120, seed=0), blob_images(60, seed=1)
+    rotation = build_transform("rotation", SIZE)
+    kwargs = {"hidden": 64, "epochs": 8, "seed": 5}
+    one = equivariance_r2(polar_angle, train, test, rotation, **kwargs)
+    three = equivariance_r2(polar_angle, train, test, rotation, repeats=3, **kwargs)
+    assert one["r2_std"] == 0.0 and one["r2_fits"] == [one["r2"]]
+    assert len(three["r2_fits"]) == 3 and three["r2_fits"][0] == pytest.approx(one["r2"])
+    assert three["r2"] == pytest.approx(sum(three["r2_fits"]) / 3, abs=1e-6)
+    assert three["r2_std"] > 0
+
+
+def test_a_probe_that_never_generalizes_reports_no_information() -> None:
+    """Pure noise features: the validation-selected h is the constant train-mean predictor."""
+    g = torch.Generator().manual_seed(7)
+
+    def noise(images: torch.Tensor) -> torch.Tensor:
+        return torch.randn(images.shape[0], 512, generator=g)
+
+    result = equivariance_r2(
+        noise, smooth_images(100, 0), smooth_images(100, 1), build_transform("se2", SIZE), **FAST
+    )
+    assert -0.1 < result["r2"] < 0.02, result
 
 
 # --- evals/features.py -------------------------------------------------------------------------

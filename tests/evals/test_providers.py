@@ -87,7 +87,7 @@ def test_equivariance_fn_selects_grid_or_global(backbone: torch.nn.Module) -> No
         torch.testing.assert_close(
             provider.equivariance_fn("grid", 2)(images), provider.grid_features(images, 2)
         )
-    with pytest.raises(ValueError, match="equivariance features"):
+    with pytest.raises(ValueError, match="equivariance_features"):
         provider.equivariance_fn("tokens")
 
 
@@ -102,3 +102,26 @@ def test_grid_features_see_a_rotation_that_the_pooled_vector_misses() -> None:
     assert torch.equal(mean(image), mean(rotated))
     assert not torch.equal(pixels.grid_features(image, 2), pixels.grid_features(rotated, 2))
     assert pixels.equivariance_fn("grid", 0)(image).shape == (1, 12 * 4 * 4)
+
+
+def test_equi_features_pool_the_equi_slice_like_the_global_feature(
+    backbone: torch.nn.Module,
+) -> None:
+    from pretrain.models.heads import SplitHead
+
+    torch.manual_seed(1)
+    head = SplitHead(32, 24, 8).eval()
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        z_equi = head(backbone(images))[1]  # (2, 1 + 2 + 16, 8): CLS, 2 registers, 16 patches
+        for pooling, expected in (
+            ("cls", z_equi[:, 0]),
+            ("mean", z_equi[:, 3:].mean(1)),
+            ("cls+mean", torch.cat([z_equi[:, 0], z_equi[:, 3:].mean(1)], 1)),
+        ):
+            got = build_provider(backbone, pooling=pooling, split_head=head).equi_features(images)
+            torch.testing.assert_close(got, expected)
+    pixels = build_provider(backbone, "pixels")
+    assert torch.equal(pixels.equivariance_fn("equi")(images), pixels.global_features(images))
+    with pytest.raises(ValueError, match="equivariance_features"):
+        pixels.equivariance_fn("tokens")

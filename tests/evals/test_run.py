@@ -120,7 +120,9 @@ class _SpyPixels(PixelFeatures):
 def test_equivariance_task_reads_the_configured_features(
     demo_data: Path, features: str, grid: int, width: int
 ) -> None:
-    assert (EvalConfig().equivariance_features, EvalConfig().equivariance_grid) == ("grid", 2)
+    defaults = EvalConfig()
+    assert (defaults.equivariance_features, defaults.equivariance_grid) == ("global", 2)
+    assert defaults.equivariance_view == "context"
     e = _apply_eval_settings(
         EvalConfig(),
         None,
@@ -141,3 +143,46 @@ def test_equivariance_task_reads_the_configured_features(
     details = out["details"]["equivariance"]["rotation"]
     assert details["features"] == features
     assert details["grid"] == (grid if features == "grid" else None)
+
+
+@pytest.mark.parametrize("recon", [True, False])
+def test_equi_features_read_the_checkpoints_split_head(
+    tmp_path: Path, demo_data: Path, tracking_uri: str, recon: bool
+) -> None:
+    """`eval.equivariance_features=equi` reads z_equi of the teacher's split head (recon on) and
+    refuses clearly without one; the random floor gets a fresh split head of the same shape."""
+    import torch
+
+    from evals.providers import build_provider
+    from evals.run import load_teacher_encoder
+    from pretrain.train import pretrain
+    from tests.test_end_to_end import make_cfg
+
+    run_dir = tmp_path / "run"
+    cfg = make_cfg(
+        run_dir, demo_data, tracking_uri, "train.max_steps=2", f"recon.enabled={str(recon).lower()}"
+    )
+    pretrain(cfg)
+    ckpt = run_dir / "checkpoints" / "step_00000002"
+    backbone, head, _ = load_teacher_encoder(ckpt)
+    images = torch.randn(3, 3, 16, 16)
+    provider = build_provider(backbone, split_head=head)
+    if not recon:
+        assert head is None
+        with pytest.raises(ValueError, match="needs a split head"):
+            provider.equivariance_fn("equi")(images)
+        return
+    assert head is not None and (head.d_patch, head.d_equi) == (48, 16)
+    with torch.no_grad():
+        z_equi = head(backbone(images))[1]  # (3, 1 + 16, 16)
+        feats = provider.equivariance_fn("equi")(images)
+        floor = build_provider(backbone, "random", split_head=head).equivariance_fn("equi")(images)
+    expected = torch.cat([z_equi[:, 0], z_equi[:, 1:].mean(1)], dim=1)
+    torch.testing.assert_close(feats, expected)
+    assert floor.shape == feats.shape and not torch.allclose(floor, feats)
+    # Trained, not freshly initialized: the checkpoint's values were loaded.
+    from pretrain.models.heads import SplitHead
+
+    torch.manual_seed(0)
+    fresh = SplitHead(backbone.embed_dim, 48, 16)
+    assert not torch.equal(fresh.proj.bias, head.proj.bias)  # init is zero; 2 steps moved it
