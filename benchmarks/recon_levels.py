@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            curve.append(float(loss))
+            curve.append(float(loss.detach()))
         with torch.no_grad():
             final = sum(
                 float(recon_loss([d(make_input(*s, j)) for j, d in enumerate(decoders)], s[3]))

@@ -16,8 +16,11 @@ echo "== 2/3 pretraining -> $RUN (a fresh run; the previous one stays in MLflow)
 rm -rf "$RUN"
 $BIN/equirecon pretrain --config configs/demo_cpu.yaml data.path="$DATA" run.dir="$RUN" "${EXTRA[@]}"
 
-echo "== 3/3 evaluation of the final checkpoint"
+echo "== 3/3 evaluation of the final checkpoint, and of the floors (equivariance probe)"
 $BIN/equirecon eval --checkpoint "$RUN/checkpoints/latest"
+for floor in pixels random; do  # the same probe on raw pixels and on a random-init ViT
+  $BIN/equirecon eval --checkpoint "$RUN/checkpoints/latest" --floor "$floor" --tasks equivariance
+done
 
 $BIN/python - "$RUN" <<'PY'
 import json, sys
@@ -26,15 +29,31 @@ run = Path(sys.argv[1])
 rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l]
 first, last = rows[0], rows[-1]
 evals = sorted((run / "evals").glob("step_*.json"))
-metrics = json.loads(evals[-1].read_text())["metrics"] if evals else {}
+result = json.loads(evals[-1].read_text()) if evals else {}
+metrics = result.get("metrics", {})
+floors = {}
+for name in ("pixels", "random"):
+    path = run / "evals" / f"floor_{name}.json"
+    floors[name] = json.loads(path.read_text())["metrics"] if path.is_file() else {}
 print("\n== results (" + str(run) + ")")
 print(f"{'metric':<34} {'first step':>11} {'last step':>11}")
 for k in ("train/loss_total", "train/loss_ssl", "train/loss_recon"):
     if k in last:
         print(f"{k:<34} {first.get(k, float('nan')):>11.4f} {last[k]:>11.4f}")
 print(f"{'train/img_per_s (last step)':<34} {'':>11} {last['train/img_per_s']:>11.1f}")
+probe = result.get("eval", {})
+print(f"\nequivariance R² ({probe.get('equivariance_view', '?')} view: no zero fill visible; "
+      f"features {probe.get('equivariance_features', '?')}), beside its floors:")
+print(f"{'metric':<34} {'model':>11} {'pixels':>11} {'random ViT':>11}")
 for k, v in metrics.items():
-    print(f"{k:<34} {'':>11} {v:>11.4f}")
+    if k.startswith("eval/equivariance/"):
+        cells = [floors[f].get(k) for f in ("pixels", "random")]
+        text = " ".join(f"{c:>11.4f}" if c is not None else f"{'-':>11}" for c in cells)
+        print(f"{k:<34} {v:>11.4f} {text}")
+print()
+for k, v in metrics.items():
+    if not k.startswith("eval/equivariance/"):
+        print(f"{k:<34} {'':>11} {v:>11.4f}")
 PY
 end=$(date +%s)
 echo

@@ -1,0 +1,123 @@
+"""The method-effect study's tools: clip-art split, paired summary criterion, reference levels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks import recon_levels, repro_summary, study_data
+from tests.conftest import TINY_OVERRIDES
+
+
+def _png(path: Path, seed: int, size: int = 40, mode: str = "RGBA") -> None:
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, 255, (size, size, 4), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, "RGBA").convert(mode).save(path)
+
+
+def test_clipart_plan_dedups_splits_by_content_and_caps_classes(tmp_path: Path) -> None:
+    src = tmp_path / "png"
+    for i in range(40):
+        _png(src / "animals" / f"a{i}.png", i)
+    for i in range(6):
+        _png(src / "plants" / f"p{i}.png", 100 + i)  # below min_per_class: natural only
+    for i in range(12):
+        _png(src / "unsorted" / f"u{i}.png", 200 + i)  # not a category
+    (src / "animals" / "link.png").symlink_to(src / "animals" / "a0.png")  # a duplicate
+    _png(src / "animals" / "copy.png", 1)  # same content as a1.png
+    layout = study_data.plan(src, val_percent=25, min_per_class=10, max_per_class=20)
+    natural = layout[("natural", "train")][""] + layout[("natural", "val")][""]
+    assert len(natural) == len(set(natural)) == 40 + 6 + 12  # duplicates dropped
+    assert set(layout[("labelled", "train")]) == {"animals"}
+    assert 0 < len(layout[("labelled", "train")]["animals"]) <= 20 * 75 // 100
+    assert len(layout[("labelled", "val")]["animals"]) <= 20 * 25 // 100
+    val = set(layout[("natural", "val")][""])
+    assert 0 < len(val) < len(natural)
+    assert not val & set(layout[("labelled", "train")]["animals"])  # no val image in train
+    again = study_data.plan(src, val_percent=25, min_per_class=10, max_per_class=20)
+    assert again[("natural", "val")][""] == layout[("natural", "val")][""]  # stable split
+    with pytest.raises(SystemExit, match="openclipart-png"):
+        study_data.plan(tmp_path / "missing", 15, 10, 20)
+
+
+def test_clipart_build_writes_shards_with_white_backgrounds(tmp_path: Path) -> None:
+    src = tmp_path / "png"
+    for i in range(12):
+        _png(src / "animals" / f"a{i}.png", i, size=300)
+        _png(src / "food" / f"f{i}.png", 50 + i, size=20, mode="LA")
+    out = tmp_path / "data"
+    args = ["--src", str(src), "--out", str(out), "--min-per-class", "5", "--max-side", "64"]
+    assert study_data.main([*args, "--workers", "1"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert counts["natural"]["train"] + counts["natural"]["val"] == 24
+    assert counts["labelled"]["train"] + counts["labelled"]["val"] == 24
+    from data_pipeline.reader import load_images
+
+    images, labels = load_images(out, "labelled", "train", 16, with_labels=True)
+    assert images.shape[1:] == (3, 16, 16) and set(labels.tolist()) <= {0, 1}
+    assert max(Image.open(p).size[0] for p in (out / ".resized").iterdir()) <= 64
+    assert study_data.main([*args, "--workers", "1"]) == 0  # re-run: completes, same counts
+    assert json.loads((out / "manifest.json").read_text())["counts"] == counts
+
+
+@pytest.mark.parametrize(
+    ("deltas", "higher", "expected"),
+    [
+        ([0.10, 0.12, 0.11], True, "better"),
+        ([0.10, -0.01, 0.11], True, "no"),  # one seed on the wrong side
+        ([0.01, 0.30, 0.02], True, "no"),  # mean < 2 std
+        ([-0.10, -0.12, -0.11], True, "worse"),
+        ([-0.5, -0.6, -0.55], False, "better"),  # lower is better (homography error)
+        ([0.2], True, "–"),  # one seed: no criterion
+    ],
+)
+def test_the_issues_criterion(deltas: list[float], higher: bool, expected: str) -> None:
+    assert repro_summary._clear(deltas, higher) == expected
+
+
+def test_recon_levels_order(tmp_path: Path, demo_data: Path) -> None:
+    """Knowing θ beats copying v2; every prediction beats the zero predictor."""
+    out = tmp_path / "levels.json"
+    overrides = [o for o in TINY_OVERRIDES if o.split("=")[0].startswith(("data.", "model."))]
+    argv = ["--config", "configs/demo_cpu.yaml", "--steps", "3", "--pool", "2"]
+    argv += ["--eval-batches", "2", "--out", str(out), f"data.path={demo_data}", *overrides]
+    argv += ["recon.transform=rotation", "data.global_size=32", "train.batch_size=16"]
+    assert recon_levels.main(argv) == 0
+    rows = {r["predictor"]: r["l_recon"] for r in json.loads(out.read_text())["rows"]}
+    assert rows["inverse of v2 (θ known)"] < rows["copy v2"]
+    assert rows["u_k low-passed (grid resolution floor)"] < rows["mean colour of u_k (oracle)"]
+    assert rows["mean colour of u_k (oracle)"] < rows["zero (dataset mean)"]
+    assert len([r for r in rows if r.startswith("decoder")]) == 3
+
+
+def test_grad_ratio_per_checkpoint(tmp_path: Path, demo_data: Path, tracking_uri: str) -> None:
+    from benchmarks import grad_ratio
+    from pretrain.train import pretrain
+    from tests.test_end_to_end import make_cfg
+
+    run = tmp_path / "run"
+    steps = ["train.max_steps=2", "checkpoint.every_steps=1", "checkpoint.keep=2"]
+    pretrain(make_cfg(run, demo_data, tracking_uri, *steps))
+    out = tmp_path / "ratio.json"
+    grids = tmp_path / "grids"
+    argv = [str(run), "--batches", "2", "--out", str(out), "--grids", str(grids)]
+    assert grad_ratio.main(argv) == 0
+    assert sorted(p.name for p in grids.iterdir()) == [
+        "run_step_00000001.png",
+        "run_step_00000002.png",
+    ]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["checkpoint"] for r in rows] == ["step_00000001", "step_00000002"]
+    for r in rows:
+        assert r["grad_ssl"] > 0 and r["grad_recon"] > 0 and -1 <= r["cosine"] <= 1
+        assert r["ratio"] == pytest.approx(r["grad_recon"] / r["grad_ssl"], rel=0.5)
+    off = tmp_path / "off"
+    pretrain(make_cfg(off, demo_data, tracking_uri, "train.max_steps=1", "recon.enabled=false"))
+    with pytest.raises(SystemExit, match="no L_recon"):
+        grad_ratio.main([str(off)])
