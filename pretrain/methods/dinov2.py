@@ -127,7 +127,13 @@ class DINOv2(SSLMethod):
         self.cfg = cfg
         m = cfg.method
         encoder = build_encoder(cfg)
-        head = DINOHead(encoder.out_dim, m.head_out_dim, m.head_hidden_dim, m.head_bottleneck_dim)
+        head = DINOHead(
+            encoder.out_dim,
+            m.head_out_dim,
+            m.head_hidden_dim,
+            m.head_bottleneck_dim,
+            norm_last_layer=m.norm_last_layer is not False,
+        )
         self.grid = cfg.data.global_size // encoder.backbone.patch_size
         self.student = DINOv2Student(
             encoder, head, build_recon_decoders(cfg, encoder), m.student_temp
