@@ -348,6 +348,11 @@ def _convert(value: Any, current: Any, key: str, annotation: str = "") -> Any:
         and not isinstance(value, bool)
     ):
         return float(value)
+    if isinstance(current, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads `1e-5` (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if isinstance(current, int) and isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(current, str):
