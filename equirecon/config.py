@@ -25,6 +25,8 @@ SPLIT_DEFAULTS = {
     "simclr": (512, 256),
 }
 
+CENTERINGS = ("sinkhorn_knopp", "centering")  # method.centering (DINOv2 teacher targets)
+
 # How the peak lr follows the global batch B (`train.lr_scaling`, pretrain/schedules.py).
 LR_SCALING_RULES = ("linear", "sqrt_1024", "none")
 
@@ -145,8 +147,12 @@ class MethodConfig:
     koleo_weight: float = 0.1
     mask_prob: float = 0.5
     mask_ratio: tuple[float, float] = (0.1, 0.5)
-    # iBOT: momentum of the running centers of the teacher's CLS and patch logits.
+    # iBOT, and DINOv2 with centering=centering: momentum of the running centers of the
+    # teacher's CLS and patch logits.
     center_momentum: float = 0.9
+    # DINOv2's teacher targets: sinkhorn_knopp (DINOv2 paper; its vitl14/vitg14 configs) or
+    # centering (softmax around running centers: its ssl_default_config / vitl16_short.yaml).
+    centering: str = "sinkhorn_knopp"
     # VICReg: width of the 3-layer expander and the loss weights (invariance, variance, cov.).
     expander_dim: int = 2048
     vicreg_sim_weight: float = 25.0
@@ -196,6 +202,8 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16
     seed: int = 0
     base_lr: float = 4e-3  # peak lr = base_lr scaled by `lr_scaling` (DESIGN §1.9)
+    CENTERINGS = ("sinkhorn_knopp", "centering")  # method.centering (DINOv2 teacher targets)
+
     # How the peak lr follows the global batch B: linear = base_lr·B/256, sqrt_1024 =
     # base_lr·sqrt(B/1024) (DINOv2), none = base_lr. "": the method's recipe.
     lr_scaling: str = ""
@@ -497,6 +505,8 @@ def validate(cfg: Config) -> None:
             f"data.augmentations={cfg.data.augmentations!r}; choose one of {AUGMENTATION_MODES}"
         )
     m = cfg.method
+    if m.centering not in CENTERINGS:
+        raise ConfigError(f"method.centering={m.centering!r}; choose one of {CENTERINGS}")
     if not 0.0 <= m.center_momentum < 1.0:
         raise ConfigError(f"method.center_momentum must be in [0, 1), got {m.center_momentum}")
     if m.simclr_temperature <= 0:

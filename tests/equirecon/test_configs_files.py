@@ -58,6 +58,7 @@ RECIPES: dict[str, dict] = {
         crops=((0.32, 1.0), (0.05, 0.32), 8),
         losses=dict(dino_weight=1.0, ibot_weight=1.0, koleo_weight=0.1),
         mask=(0.5, (0.1, 0.5)),
+        centering=("centering", 0.9),
         options=dict(
             lr_scaling="sqrt_1024",
             layerwise_decay=0.9,
@@ -83,6 +84,7 @@ RECIPES: dict[str, dict] = {
             crops=((0.25, 1.0), (0.05, 0.25), 10),
             losses=dict(dino_weight=1.0, ibot_weight=1.0, koleo_weight=0.0),
             mask=(0.5, (0.1, 0.5)),
+            centering=("sinkhorn_knopp", 0.9),  # iBOT always centers (the key is DINOv2's)
             options=dict(
                 lr_scaling="linear",
                 layerwise_decay=1.0,
@@ -166,6 +168,7 @@ def test_paper_configs_resolve_to_the_recipes(name: str) -> None:
         assert getattr(m, key) == value, key
     if r["mask"] is not None:
         assert (m.mask_prob, m.mask_ratio) == r["mask"]
+        assert (m.centering, m.center_momentum) == r["centering"]
     assert (tr.lr_scaling, tr.layerwise_decay, tr.patch_embed_lr_mult) == (
         o["lr_scaling"],
         o["layerwise_decay"],

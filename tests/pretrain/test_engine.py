@@ -132,7 +132,8 @@ def test_sharded_checkpoints_evaluate_as_one_process(engine_runs: Path, strategy
 # ---- the recipe options (issue 18) under every strategy ----------------------------------------
 
 # Every optimizer/model recipe option at a non-trivial value (LayerScale 0.1, not DINOv2's 1e-5,
-# so that the fp32 trajectories are well conditioned; drop path stays 0: its draws are per rank).
+# so that the fp32 trajectories are well conditioned; drop path stays 0: its draws are per rank),
+# and DINOv2's running-mean centering (all-reduced centers).
 RECIPE = (
     "train.lr_scaling=sqrt_1024",
     "train.layerwise_decay=0.8",
@@ -142,6 +143,7 @@ RECIPE = (
     "model.layerscale=0.1",
     "model.drop_path_uniform=true",
     "method.norm_last_layer=false",
+    "method.centering=centering",
 )
 
 

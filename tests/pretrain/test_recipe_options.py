@@ -336,3 +336,43 @@ def test_last_layer_frozen_for_n_steps(tmp_path: Path) -> None:
             "mlp": True,
             "block": True,
         }, step
+
+
+def test_dinov2_centering_softmax_around_running_centers() -> None:
+    """method.centering=centering: teacher targets softmax((logits − c) / T) with c the running
+    mean of the teacher's CLS (resp. masked-patch) logits, momentum 0.9, starting at 0."""
+    from data_pipeline.batch import Batch
+    from pretrain.methods.dinov2 import head_rows
+
+    torch.manual_seed(0)
+    method = build_method(_tiny("method.centering=centering", "recon.enabled=false"))
+    teacher = method.teacher
+    gen = torch.Generator().manual_seed(1)
+    masks = torch.rand(2, 4, 16, generator=gen) < 0.4
+    batch = Batch(
+        global_crops=torch.randn(2, 4, 3, 16, 16, generator=gen),
+        local_crops=torch.randn(2, 4, 3, 8, 8, generator=gen),
+        masks=masks,
+    )
+    crops, idx = batch.global_crops.flatten(0, 1), batch.masked_positions()
+    rows = head_rows(teacher.encoder.backbone, crops, idx)
+    with torch.no_grad():
+        logits = teacher.head(teacher.encoder(crops, rows=rows)[0])
+    cls_logits, patch_logits = logits[:8], logits[8:]
+    for _ in range(2):  # the second call uses the centers the first one updated
+        c_cls, c_patch = teacher.cls_center.center.clone(), teacher.patch_center.center.clone()
+        cls_probs, patch_probs = method._teacher_targets(crops, masks.flatten(0, 1), idx, 0.05)
+        torch.testing.assert_close(
+            cls_probs.flatten(0, 1), F.softmax((cls_logits - c_cls) / 0.05, -1)
+        )
+        torch.testing.assert_close(patch_probs, F.softmax((patch_logits - c_patch) / 0.05, -1))
+        torch.testing.assert_close(
+            teacher.cls_center.center, 0.9 * c_cls + 0.1 * cls_logits.mean(0, keepdim=True)
+        )
+        torch.testing.assert_close(
+            teacher.patch_center.center, 0.9 * c_patch + 0.1 * patch_logits.mean(0, keepdim=True)
+        )
+    assert "cls_center.center" in teacher.state_dict()  # checkpoints carry the centers
+    assert not hasattr(build_method(_tiny("recon.enabled=false")).teacher, "cls_center")
+    with pytest.raises(ConfigError, match="method.centering"):
+        _tiny("method.centering=mean")
