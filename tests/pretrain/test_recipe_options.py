@@ -376,3 +376,34 @@ def test_dinov2_centering_softmax_around_running_centers() -> None:
     assert not hasattr(build_method(_tiny("recon.enabled=false")).teacher, "cls_center")
     with pytest.raises(ConfigError, match="method.centering"):
         _tiny("method.centering=mean")
+
+
+def test_peak_lr_printed_and_logged_to_mlflow(
+    tmp_path: Path, tracking_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The resolved peak lr (DINOv2: 4e-3·sqrt(8/1024)) is logged at start and is an MLflow
+    param of the run, next to the config keys."""
+    import logging
+
+    import mlflow
+
+    from equirecon.tracking import RUN_ID_FILE
+    from pretrain.train import Trainer
+
+    cfg = _tiny(
+        f"run.dir={tmp_path}",
+        f"tracking.uri={tracking_uri}",
+        "data.backend=synthetic",
+        "train.max_steps=1",
+    )
+    with caplog.at_level(logging.INFO, logger="equirecon.pretrain"):
+        trainer = Trainer(cfg)
+    peak = 4e-3 * math.sqrt(8 / 1024)
+    assert trainer.schedules.lr == pytest.approx(peak, rel=1e-12)
+    assert "peak lr 0.000353553 = train.base_lr 0.004·sqrt(8/1024)" in caplog.text
+    trainer.fit()
+    run_id = (tmp_path / RUN_ID_FILE).read_text().strip()
+    params = mlflow.MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data.params
+    assert float(params["resolved.peak_lr"]) == pytest.approx(peak, rel=1e-12)
+    assert (params["resolved.lr_scaling"], params["resolved.global_batch"]) == ("sqrt_1024", "8")
+    assert params["train.layerwise_decay"] == "0.9"
