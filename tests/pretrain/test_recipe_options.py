@@ -407,3 +407,29 @@ def test_peak_lr_printed_and_logged_to_mlflow(
     assert float(params["resolved.peak_lr"]) == pytest.approx(peak, rel=1e-12)
     assert (params["resolved.lr_scaling"], params["resolved.global_batch"]) == ("sqrt_1024", "8")
     assert params["train.layerwise_decay"] == "0.9"
+
+
+@pytest.mark.parametrize(
+    ("arch", "layerscale"), [("vit_tiny", 1e-5), ("vit_tiny", 0.0), ("vit_giant_patch14", 0.0)]
+)
+def test_export_model_args_rebuild_layerscale(arch: str, layerscale: float) -> None:
+    """An exported backbone's timm kwargs rebuild the same parameters, LayerScale or not (also
+    for an arch whose timm default has LayerScale, trained without it)."""
+    import timm
+
+    from pretrain.export import timm_model_args
+    from pretrain.models.backbone import ARCHS
+
+    patch = 14 if "giant" in arch else 4
+    backbone = build_backbone(
+        arch,
+        img_size=2 * patch,
+        patch_size=patch,
+        embed_dim=48,
+        depth=2,
+        num_heads=2,
+        layerscale=layerscale,
+    )
+    args = timm_model_args(backbone, 2 * patch)
+    rebuilt = timm.create_model(ARCHS[arch].timm_name, pretrained=False, **args)
+    assert sorted(rebuilt.state_dict()) == sorted(backbone.vit.state_dict())
