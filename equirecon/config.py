@@ -202,8 +202,6 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16
     seed: int = 0
     base_lr: float = 4e-3  # peak lr = base_lr scaled by `lr_scaling` (DESIGN §1.9)
-    CENTERINGS = ("sinkhorn_knopp", "centering")  # method.centering (DINOv2 teacher targets)
-
     # How the peak lr follows the global batch B: linear = base_lr·B/256, sqrt_1024 =
     # base_lr·sqrt(B/1024) (DINOv2), none = base_lr. "": the method's recipe.
     lr_scaling: str = ""

@@ -433,3 +433,20 @@ def test_export_model_args_rebuild_layerscale(arch: str, layerscale: float) -> N
     args = timm_model_args(backbone, 2 * patch)
     rebuilt = timm.create_model(ARCHS[arch].timm_name, pretrained=False, **args)
     assert sorted(rebuilt.state_dict()) == sorted(backbone.vit.state_dict())
+
+
+def test_prototype_gain_under_bf16_autocast() -> None:
+    """The trained-gain path under autocast: bf16 logits, fp32 gradients of v and g, values
+    within bf16 rounding of fp32."""
+    torch.manual_seed(0)
+    head = DINOHead(8, out_dim=64, hidden_dim=16, bottleneck_dim=12, norm_last_layer=False)
+    with torch.no_grad():
+        head.prototype_gain.uniform_(0.5, 1.5)
+    x = torch.randn(5, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(x, scale=10.0)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    for p in (head.prototypes, head.prototype_gain):
+        assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+    torch.testing.assert_close(out.float(), head(x, scale=10.0).detach(), atol=0.2, rtol=2e-2)
