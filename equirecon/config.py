@@ -25,6 +25,70 @@ SPLIT_DEFAULTS = {
     "simclr": (512, 256),
 }
 
+CENTERINGS = ("sinkhorn_knopp", "centering")  # method.centering (DINOv2 teacher targets)
+
+# How the peak lr follows the global batch B (`train.lr_scaling`, pretrain/schedules.py).
+LR_SCALING_RULES = ("linear", "sqrt_1024", "none")
+
+# Archs whose timm model has LayerScale by default (timm's `init_values`); every other arch in
+# pretrain/models/backbone.py has none. `model.layerscale` left unset resolves to this value
+# for the methods whose recipe has no LayerScale of its own.
+ARCH_LAYERSCALE = {"vit_giant_patch14": 1e-5}
+_ARCH_OWN = "<arch's own>"  # marker in the tables below, resolved through ARCH_LAYERSCALE
+
+# Per-method defaults of the recipe keys a config leaves unset (null, or "" for strings): what
+# each base method's public recipe trains with. Sources and deviations: configs/README.md
+# ("Recipes"). DINOv2: dinov2/configs/ssl_default_config.yaml (+ dinov2/layers/dino_head.py:
+# the prototype layer's weight-norm gain is trained); iBOT: main_ibot.py + the README's
+# ViT-S/16 command (norm_last_layer false); VICReg (SIE) and SimCLR: no such settings.
+RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "dinov2": {
+        "train.lr_scaling": "sqrt_1024",  # optim.scaling_rule: sqrt_wrt_1024
+        "train.layerwise_decay": 0.9,  # optim.layerwise_decay
+        "train.patch_embed_lr_mult": 0.2,  # optim.patch_embed_lr_mult
+        "train.freeze_last_layer_steps": 1250,  # freeze_last_layer_epochs 1 x OFFICIAL_EPOCH_LENGTH
+        "train.weight_decay_tokens": True,  # param_groups.py: only bias/norm/gamma skip decay
+        "model.layerscale": 1e-5,  # student.layerscale
+        "model.drop_path_uniform": True,  # student.drop_path_uniform
+        "method.norm_last_layer": False,  # weight_g of the last layer is trained
+    },
+    "ibot": {
+        "train.lr_scaling": "linear",  # lr * batch / 256
+        "train.layerwise_decay": 1.0,
+        "train.patch_embed_lr_mult": 1.0,
+        "train.freeze_last_layer_steps": 1251,  # --freeze_last_layer 1 epoch (IN-1k at B 1024)
+        "train.weight_decay_tokens": True,  # utils.get_params_groups: only bias/1-d skip decay
+        "model.layerscale": _ARCH_OWN,  # init_values 0
+        "model.drop_path_uniform": False,  # linspace(0, drop_path, depth)
+        "method.norm_last_layer": False,  # README: --norm_last_layer false
+    },
+    **{
+        name: {
+            "train.lr_scaling": "linear",
+            "train.layerwise_decay": 1.0,
+            "train.patch_embed_lr_mult": 1.0,
+            "train.freeze_last_layer_steps": 0,
+            "train.weight_decay_tokens": False,
+            "model.layerscale": _ARCH_OWN,
+            "model.drop_path_uniform": False,
+            "method.norm_last_layer": True,  # no prototype layer
+        }
+        for name in ("vicreg", "simclr")
+    },
+}
+
+# What these keys meant before they existed (2026-12): a saved run config (`RUN_DIR/config.yaml`)
+# without them resolves to this, so older runs resume and evaluate as they were trained.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "train.lr_scaling": "linear",
+    "train.layerwise_decay": 1.0,
+    "train.patch_embed_lr_mult": 1.0,
+    "train.freeze_last_layer_steps": 0,
+    "train.weight_decay_tokens": False,
+    "model.layerscale": _ARCH_OWN,
+    "method.norm_last_layer": True,
+}
+
 
 @dataclass
 class RunConfig:
@@ -59,7 +123,11 @@ class ModelConfig:
     drop_path: float = 0.0
     # Stochastic-depth rate per block: false = rising linearly 0 -> drop_path over depth (timm,
     # DINO/iBOT); true = drop_path in every block (DINOv2's `drop_path_uniform`).
-    drop_path_uniform: bool = False
+    # null: the method's recipe (RECIPE_DEFAULTS).
+    drop_path_uniform: bool | None = None
+    # LayerScale init value (timm's `init_values`; 0: no LayerScale). null: the method's recipe
+    # (DINOv2 1e-5), else the arch's own (ARCH_LAYERSCALE).
+    layerscale: float | None = None
     num_registers: int = 0
     attention: str = "sdpa"  # sdpa | math
 
@@ -79,8 +147,12 @@ class MethodConfig:
     koleo_weight: float = 0.1
     mask_prob: float = 0.5
     mask_ratio: tuple[float, float] = (0.1, 0.5)
-    # iBOT: momentum of the running centers of the teacher's CLS and patch logits.
+    # iBOT, and DINOv2 with centering=centering: momentum of the running centers of the
+    # teacher's CLS and patch logits.
     center_momentum: float = 0.9
+    # DINOv2's teacher targets: sinkhorn_knopp (DINOv2 paper; its vitl14/vitg14 configs) or
+    # centering (softmax around running centers: its ssl_default_config / vitl16_short.yaml).
+    centering: str = "sinkhorn_knopp"
     # VICReg: width of the 3-layer expander and the loss weights (invariance, variance, cov.).
     expander_dim: int = 2048
     vicreg_sim_weight: float = 25.0
@@ -92,6 +164,10 @@ class MethodConfig:
     simclr_temperature: float = 0.1
     # VICReg/SimCLR: BatchNorm -> SyncBatchNorm in the projector with several CUDA ranks.
     sync_batchnorm: bool = True
+    # DINO/iBOT prototype layer: true = weight-normalized with a fixed unit gain (cosine
+    # logits); false = weight norm with a trained gain per prototype (DINOv2; iBOT's
+    # `--norm_last_layer false`). null: the method's recipe.
+    norm_last_layer: bool | None = None
 
 
 @dataclass
@@ -112,7 +188,6 @@ class ReconConfig:
 @dataclass
 class SplitConfig:
     d_patch: int | None = None  # None: the method's default
-    mode: str = "separate"  # separate: a linear split head on the backbone tokens
 
 
 @dataclass
@@ -126,7 +201,19 @@ class TrainConfig:
     compile_backend: str = "inductor"  # torch.compile backend (aot_eager: no codegen, for tests)
     precision: str = "fp32"  # fp32 | bf16
     seed: int = 0
-    base_lr: float = 4e-3  # lr = base_lr * global_batch / 256 (DESIGN §1.9)
+    base_lr: float = 4e-3  # peak lr = base_lr scaled by `lr_scaling` (DESIGN §1.9)
+    # How the peak lr follows the global batch B: linear = base_lr·B/256, sqrt_1024 =
+    # base_lr·sqrt(B/1024) (DINOv2), none = base_lr. "": the method's recipe.
+    lr_scaling: str = ""
+    # lr multiplier of backbone block i (0-based, of n) = layerwise_decay^(n - i); embeddings
+    # (patch, position, tokens) decay^(n + 1); the rest 1 (DINOv2's rule). null: the recipe.
+    layerwise_decay: float | None = None
+    patch_embed_lr_mult: float | None = None  # extra lr factor of the patch embedding
+    # Steps during which the prototype layer of the DINO/iBOT head has lr 0. null: the recipe.
+    freeze_last_layer_steps: int | None = None
+    # Weight decay also on the position embedding and the cls/register/mask tokens (biases,
+    # norms and LayerScale never decay). null: the recipe.
+    weight_decay_tokens: bool | None = None
     min_lr: float = 1e-6
     warmup_steps: int = 0
     weight_decay: float = 0.04
@@ -242,8 +329,22 @@ class ConfigError(ValueError):
     """A config key or value that does not fit the schema."""
 
 
-def _convert(value: Any, current: Any, key: str) -> Any:
-    """Coerce a YAML/CLI value to the type of the default `current`."""
+def _convert(value: Any, current: Any, key: str, annotation: str = "") -> Any:
+    """Coerce a YAML/CLI value to the type of the default `current` (or, for an optional field
+    whose value is None, to its declared `annotation`, e.g. "float | None")."""
+    if value is None and "None" in annotation:
+        return None
+    if current is None:
+        kinds = [k.strip() for k in annotation.split("|") if k.strip() != "None"] or ["int"]
+        for kind in kinds:
+            sample = {"int": 0, "float": 0.0, "bool": False, "str": ""}.get(kind)
+            if sample is None:
+                continue
+            try:
+                return _convert(value, sample, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {' or '.join(kinds)} or null, got {value!r}")
     if isinstance(current, bool):
         if isinstance(value, bool):
             return value
@@ -258,14 +359,15 @@ def _convert(value: Any, current: Any, key: str) -> Any:
         and not isinstance(value, bool)
     ):
         return float(value)
+    if isinstance(current, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads `1e-5` (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if isinstance(current, int) and isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(current, str):
         return "" if value is None else str(value)
-    if current is None:  # Optional fields: int | None
-        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
-            return value
-        raise ConfigError(f"{key}: expected an integer or null, got {value!r}")
     raise ConfigError(f"{key}: expected {type(current).__name__}, got {value!r}")
 
 
@@ -281,11 +383,40 @@ def _set(cfg: Config, dotted: str, value: Any) -> None:
         )
     section = getattr(cfg, section_name)
     attr = _ALIASES.get(key, key)
-    names = {f.name for f in dataclasses.fields(section)}
-    if attr not in names:
-        valid = sorted(_REVERSE_ALIASES.get(n, n) for n in names)
+    if dotted in _REMOVED_KEYS:
+        _removed_key(dotted, value)
+        return
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    if attr not in fields:
+        valid = sorted(_REVERSE_ALIASES.get(n, n) for n in fields)
         raise ConfigError(f"unknown config key {dotted!r}; valid keys in {section_name!r}: {valid}")
-    setattr(section, attr, _convert(value, getattr(section, attr), dotted))
+    annotation = str(fields[attr].type)
+    setattr(section, attr, _convert(value, getattr(section, attr), dotted, annotation))
+
+
+# Keys that no longer exist: (the value that meant today's behaviour, what to do instead).
+_REMOVED_KEYS = {
+    "split.mode": (
+        "separate",
+        "the split head is always a separate linear layer on the backbone tokens (DESIGN §1.5); "
+        "splitting the base method's own head output was never implemented",
+    ),
+}
+
+
+def _removed_key(dotted: str, value: Any) -> None:
+    """A removed key: ignored with a warning when it asks for today's behaviour, else an error."""
+    import warnings
+
+    kept, why = _REMOVED_KEYS[dotted]
+    if value == kept:
+        warnings.warn(
+            f"config key {dotted!r} was removed and is ignored ({why}); delete it from the file",
+            FutureWarning,
+            stacklevel=4,
+        )
+        return
+    raise ConfigError(f"config key {dotted!r} was removed: {why}; got {dotted}={value!r}")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -320,15 +451,50 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         tree = yaml.safe_load(path.read_text()) or {}
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
-        for key, value in _flatten(tree).items():
+        flat = _flatten(tree)
+        if _predates_recipe_keys(tree):
+            for key, value in LEGACY_DEFAULTS.items():
+                if value == _ARCH_OWN:
+                    value = ARCH_LAYERSCALE.get(str(flat.get("model.arch", cfg.model.arch)), 0.0)
+                flat.setdefault(key, value)
+        for key, value in flat.items():
             try:
                 _set(cfg, key, value)
             except ConfigError as e:
                 raise ConfigError(f"{path}: {e}") from None
     for key, value in parse_overrides(overrides or []).items():
         _set(cfg, key, value)
+    resolve_recipe_defaults(cfg)
     validate(cfg)
     return cfg
+
+
+def _predates_recipe_keys(tree: dict[str, Any]) -> bool:
+    """True for a run config saved (resolved, every key present) before the recipe keys
+    existed: its unset recipe keys take LEGACY_DEFAULTS, i.e. what the run trained with."""
+    train = tree.get("train")
+    saved = set(tree) >= {"run", "data", "model", "method", "train", "checkpoint", "tracking"}
+    return (
+        saved
+        and isinstance(train, dict)
+        and {"momentum_teacher_end", "max_nonfinite_steps", "log_every"} <= set(train)
+        and "lr_scaling" not in train
+    )
+
+
+def resolve_recipe_defaults(cfg: Config) -> None:
+    """Fill the recipe keys left unset (None, or "" for strings) with the method's defaults
+    (RECIPE_DEFAULTS); an unknown method is left to `validate`."""
+    defaults = RECIPE_DEFAULTS.get(cfg.method.name)
+    if defaults is None:
+        return
+    for dotted, value in defaults.items():
+        section_name, key = dotted.split(".")
+        section = getattr(cfg, section_name)
+        if getattr(section, key) in (None, ""):
+            if value == _ARCH_OWN:
+                value = ARCH_LAYERSCALE.get(cfg.model.arch, 0.0)
+            setattr(section, key, value)
 
 
 def validate(cfg: Config) -> None:
@@ -342,6 +508,8 @@ def validate(cfg: Config) -> None:
             f"data.augmentations={cfg.data.augmentations!r}; choose one of {AUGMENTATION_MODES}"
         )
     m = cfg.method
+    if m.centering not in CENTERINGS:
+        raise ConfigError(f"method.centering={m.centering!r}; choose one of {CENTERINGS}")
     if not 0.0 <= m.center_momentum < 1.0:
         raise ConfigError(f"method.center_momentum must be in [0, 1), got {m.center_momentum}")
     if m.simclr_temperature <= 0:
@@ -383,6 +551,23 @@ def validate(cfg: Config) -> None:
         )
     if cfg.train.max_steps < 1 or cfg.train.batch_size < 1:
         raise ConfigError("train.max_steps and train.batch_size must be >= 1")
+    _validate_recipe(cfg)
+
+
+def _validate_recipe(cfg: Config) -> None:
+    tr = cfg.train
+    if tr.lr_scaling not in LR_SCALING_RULES:
+        raise ConfigError(f"train.lr_scaling={tr.lr_scaling!r}; choose one of {LR_SCALING_RULES}")
+    if tr.layerwise_decay is not None and not 0 < tr.layerwise_decay <= 1:
+        raise ConfigError(f"train.layerwise_decay must be in (0, 1], got {tr.layerwise_decay}")
+    if tr.patch_embed_lr_mult is not None and tr.patch_embed_lr_mult < 0:
+        raise ConfigError(f"train.patch_embed_lr_mult must be >= 0, got {tr.patch_embed_lr_mult}")
+    if tr.freeze_last_layer_steps is not None and tr.freeze_last_layer_steps < 0:
+        raise ConfigError(
+            f"train.freeze_last_layer_steps must be >= 0, got {tr.freeze_last_layer_steps}"
+        )
+    if cfg.model.layerscale is not None and cfg.model.layerscale < 0:
+        raise ConfigError(f"model.layerscale must be >= 0 (0: none), got {cfg.model.layerscale}")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

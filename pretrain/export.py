@@ -41,6 +41,10 @@ def timm_model_args(backbone: Backbone, img_size: int) -> dict[str, Any]:
     }
     if reg:
         args["reg_tokens"] = reg
+    # LayerScale (`model.layerscale`, or the arch's own): timm needs to know that the blocks have
+    # the gains (their trained values are in the weights); None removes an arch's default ones.
+    gamma = getattr(getattr(vit.blocks[0], "ls1", None), "gamma", None)
+    args["init_values"] = 1e-5 if gamma is not None else None
     return args
 
 

@@ -16,7 +16,7 @@ and the data-parallel wrapper of `train.strategy`:
   update gathers the student's partitioned parameters.
 
 The engine is what the training loop talks to: `student_fn` (call it for the student forward),
-`optimizer` (param groups carry `apply_wd`), `backward`, `clip_grad_norm`, `step`,
+`optimizer` (param groups carry lr/wd multipliers, `pretrain/param_groups.py`), `backward`, `clip_grad_norm`, `step`,
 `update_teacher`, and the checkpoint state (`state_to_save` / `load_state`).
 """
 
@@ -40,6 +40,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from pretrain.methods.base import ema_update_
+from pretrain.param_groups import GroupRule, param_groups
 
 log = logging.getLogger("equirecon.parallel")
 
@@ -48,23 +49,18 @@ DEEPSPEED_SUBDIR = "deepspeed"  # DeepSpeed's own files inside a checkpoint dire
 DEEPSPEED_TAG = "state"
 
 
-def build_optimizer(student: nn.Module, fused: bool | None = None) -> torch.optim.Optimizer:
-    """AdamW; weight decay only on matrices (not on biases, norms, tokens, prototypes' gains).
+def build_optimizer(
+    student: nn.Module, fused: bool | None = None, rule: GroupRule | None = None
+) -> torch.optim.Optimizer:
+    """AdamW over the parameter groups of `rule` (`pretrain.param_groups`; None: no layer-wise
+    decay or freeze, weight decay only on matrices that are not tokens/position embedding).
 
     `fused`: torch's fused AdamW kernel (one pass over each tensor: on CPU ~4x faster than the
     per-tensor loop torch picks by default there). None: fused for plain CPU/CUDA float
     tensors, the multi-tensor (`foreach`) kernel for sharded DTensors (FSDP2).
     """
-    decay, no_decay = [], []
-    for name, p in student.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(("token", "pos_embed")) else decay).append(p)
-    groups = [
-        {"params": decay, "apply_wd": True},
-        {"params": no_decay, "apply_wd": False, "weight_decay": 0.0},
-    ]
-    params = decay + no_decay
+    groups = param_groups(student, rule)
+    params = [p for g in groups for p in g["params"]]
     if fused is None:
         fused = all(
             type(p) is nn.Parameter and p.device.type in ("cpu", "cuda") and p.is_floating_point()
@@ -111,10 +107,12 @@ class Engine:
 
     name = "single"
 
-    def __init__(self, method: nn.Module, student_fn: nn.Module) -> None:
+    def __init__(
+        self, method: nn.Module, student_fn: nn.Module, rule: GroupRule | None = None
+    ) -> None:
         self.method = method
         self.student_fn = student_fn
-        self.optimizer = build_optimizer(method.student)
+        self.optimizer = build_optimizer(method.student, rule=rule)
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -218,7 +216,9 @@ class DeepSpeedEngine(Engine):
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
         }
-        optimizer = build_optimizer(method.student, fused=False)  # ZeRO partitions own params
+        # ZeRO partitions its own flat copies of each group's parameters; group keys (the lr/wd
+        # multipliers) stay on the groups that `param_groups` returns.
+        optimizer = build_optimizer(method.student, fused=False, rule=GroupRule.from_config(cfg))
         self.ds_engine, self.optimizer, _, _ = deepspeed.initialize(
             model=method.student, optimizer=optimizer, config=config, dist_init_required=False
         )
@@ -362,25 +362,26 @@ def build_engine(method: nn.Module, cfg: Any, device: torch.device) -> Engine:
         raise ValueError(f"train.strategy={strategy!r}; choose one of {STRATEGIES}")
     if strategy == "single" and world > 1:
         strategy = "ddp"  # several processes were launched: keep them in sync
+    rule = GroupRule.from_config(cfg)
     if tr.activation_checkpointing:
         apply_activation_checkpointing(method.student)
     if tr.compile:
         apply_compile(method.student, tr.compile_backend)
         apply_compile(method.teacher, tr.compile_backend)
     if strategy == "single":
-        return Engine(method, method.student)
+        return Engine(method, method.student, rule)
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         if not dist.is_initialized():
-            return Engine(method, method.student)  # a 1-process "world": nothing to sync
+            return Engine(method, method.student, rule)  # a 1-process "world": nothing to sync
         ids = [device.index] if device.type == "cuda" else None
-        engine = Engine(method, DDP(method.student, device_ids=ids))
+        engine = Engine(method, DDP(method.student, device_ids=ids), rule)
         engine.name = "ddp"
         return engine
     if strategy == "fsdp2":
         _fsdp2_shard(method, cfg, device)
-        return FSDP2Engine(method, method.student)
+        return FSDP2Engine(method, method.student, rule)
     if tr.zero_stage not in (1, 2, 3):
         raise ValueError(f"train.zero_stage={tr.zero_stage}; choose 1, 2 or 3")
     _ensure_process_group_for_deepspeed()

@@ -1,9 +1,34 @@
-"""Per-step schedules: learning rate, weight decay, teacher momentum, teacher temperature."""
+"""Per-step schedules: learning rate, weight decay, teacher momentum, teacher temperature.
+
+The optimizer's parameter groups carry multipliers (`pretrain/param_groups.py`): each step,
+`apply_schedules` sets a group's lr to `lr_mult` × (the scheduled lr, or 0 for the frozen
+prototype layer during `train.freeze_last_layer_steps`) and its weight decay to `wd_mult` × the
+scheduled weight decay.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
+
+from equirecon.config import LR_SCALING_RULES
+
+
+def peak_lr(base_lr: float, global_batch: int, rule: str) -> float:
+    """The lr after warm-up for a global batch of `global_batch` images.
+
+    linear: base_lr·B/256 (iBOT, VICReg/SIE, SimCLR); sqrt_1024: base_lr·sqrt(B/1024) (DINOv2's
+    `sqrt_wrt_1024`); none: base_lr.
+    """
+    if rule == "linear":
+        return base_lr * global_batch / 256
+    if rule == "sqrt_1024":
+        return base_lr * math.sqrt(global_batch / 1024)
+    if rule == "none":
+        return base_lr
+    raise ValueError(f"train.lr_scaling={rule!r}; choose one of {LR_SCALING_RULES}")
 
 
 def cosine(
@@ -32,6 +57,7 @@ class Schedules:
     teacher_temp: float
     warmup_teacher_temp: float
     warmup_teacher_temp_steps: int
+    freeze_last_layer_steps: int = 0
 
     def at(self, step: int) -> dict[str, float]:
         t = self.total_steps
@@ -40,8 +66,10 @@ class Schedules:
             temp = self.warmup_teacher_temp + frac * (self.teacher_temp - self.warmup_teacher_temp)
         else:
             temp = self.teacher_temp
+        lr = cosine(step, t, self.lr, self.min_lr, self.warmup_steps)
         return {
-            "lr": cosine(step, t, self.lr, self.min_lr, self.warmup_steps),
+            "lr": lr,
+            "last_layer_lr": 0.0 if step < self.freeze_last_layer_steps else lr,
             "weight_decay": cosine(step, t, self.weight_decay, self.weight_decay_end),
             "momentum": cosine(step, t, self.momentum, self.momentum_end),
             "teacher_temp": temp,
@@ -49,11 +77,11 @@ class Schedules:
 
 
 def build_schedules(cfg, world_size: int) -> Schedules:  # noqa: ANN001 - Config
-    """lr = base_lr · global_batch / 256 (DESIGN §1.9)."""
+    """The schedules of `cfg` for `world_size` ranks (peak lr by `train.lr_scaling`)."""
     tr, m = cfg.train, cfg.method
     return Schedules(
         total_steps=tr.max_steps,
-        lr=tr.base_lr * tr.batch_size * world_size / 256,
+        lr=peak_lr(tr.base_lr, tr.batch_size * world_size, tr.lr_scaling or "linear"),
         min_lr=tr.min_lr,
         warmup_steps=tr.warmup_steps,
         weight_decay=tr.weight_decay,
@@ -63,4 +91,19 @@ def build_schedules(cfg, world_size: int) -> Schedules:  # noqa: ANN001 - Config
         teacher_temp=m.teacher_temp,
         warmup_teacher_temp=m.warmup_teacher_temp,
         warmup_teacher_temp_steps=m.warmup_teacher_temp_steps,
+        freeze_last_layer_steps=tr.freeze_last_layer_steps or 0,
     )
+
+
+def apply_schedules(param_groups: Iterable[dict[str, Any]], values: dict[str, float]) -> None:
+    """Set each group's lr and weight decay for one step from `Schedules.at(step)` values.
+
+    Groups without multipliers (built elsewhere) take the plain lr, and the scheduled weight
+    decay where `apply_wd` is true.
+    """
+    for group in param_groups:
+        lr = values["last_layer_lr"] if group.get("last_layer", False) else values["lr"]
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+        wd_mult = group.get("wd_mult", 1.0 if group.get("apply_wd", False) else None)
+        if wd_mult is not None:
+            group["weight_decay"] = values["weight_decay"] * wd_mult

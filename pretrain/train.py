@@ -27,7 +27,7 @@ from pretrain.meters import device_peak_flops, max_memory_gb, ssl_step_flops
 from pretrain.methods import build_method
 from pretrain.methods.base import SSLMethod, StepOutput
 from pretrain.parallel import build_engine, build_optimizer
-from pretrain.schedules import build_schedules
+from pretrain.schedules import apply_schedules, build_schedules
 
 __all__ = ["Trainer", "build_optimizer", "pretrain", "transform_generator"]
 
@@ -132,6 +132,8 @@ class Trainer:
         self.student_fn = self.engine.student_fn
         self.optimizer = self.engine.optimizer
         self.schedules = build_schedules(cfg, self.dist.world_size)
+        if self.dist.is_main:
+            log.info("%s", self.lr_summary())
         self.checkpointer = Checkpointer(
             self.run_dir, keep=cfg.checkpoint.keep, keep_every=cfg.checkpoint.keep_every
         )
@@ -155,6 +157,26 @@ class Trainer:
             backbone.num_prefix_tokens,
         )
         self.peak_flops = device_peak_flops(self.device)
+
+    def resolved_params(self) -> dict[str, Any]:
+        """Values derived from the config and the world size (logged as MLflow params)."""
+        return {
+            "resolved.global_batch": self.cfg.train.batch_size * self.dist.world_size,
+            "resolved.peak_lr": self.schedules.lr,
+            "resolved.lr_scaling": self.cfg.train.lr_scaling,
+        }
+
+    def lr_summary(self) -> str:
+        """One line: the peak lr and how it follows from train.base_lr and the global batch."""
+        tr = self.cfg.train
+        b = tr.batch_size * self.dist.world_size
+        rule = {"linear": f"·{b}/256", "sqrt_1024": f"·sqrt({b}/1024)", "none": ""}
+        return (
+            f"peak lr {self.schedules.lr:.6g} = train.base_lr {tr.base_lr:g}"
+            f"{rule.get(tr.lr_scaling, '')} (train.lr_scaling={tr.lr_scaling}, global batch {b}); "
+            f"warm-up {tr.warmup_steps} steps, prototype layer frozen for "
+            f"{tr.freeze_last_layer_steps or 0} steps"
+        )
 
     # ---- checkpoint state -------------------------------------------------------------------
     def _rank_state(self) -> dict[str, Any]:
@@ -231,10 +253,7 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------
     def _apply_schedules(self, values: dict[str, float]) -> None:
-        for group in self.engine.param_groups:
-            group["lr"] = values["lr"]
-            if group["apply_wd"]:
-                group["weight_decay"] = values["weight_decay"]
+        apply_schedules(self.engine.param_groups, values)
 
     def train_step(self, batch, values: dict[str, float]) -> StepOutput:  # noqa: ANN001 - Batch
         """One update. A non-finite loss or gradient skips the update (all ranks agree) and
@@ -293,7 +312,7 @@ class Trainer:
                 cfg.run.name,
                 cfg.tracking.enabled,
             )
-            self.tracker.log_params(flat_dict(cfg))
+            self.tracker.log_params({**flat_dict(cfg), **self.resolved_params()})
             self.tracker.log_artifact(self.run_dir / "config.yaml")
             if resumed:
                 self.metrics_file.truncate_after(self.step)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from data_pipeline.batch import Batch
-from pretrain.losses import DINOClsLoss, IBOTPatchLoss, koleo_loss, sinkhorn_knopp
+from pretrain.losses import DINOClsLoss, IBOTPatchLoss, RunningCenter, koleo_loss, sinkhorn_knopp
 from pretrain.methods.base import (
     Encoder,
     SSLMethod,
@@ -127,12 +127,23 @@ class DINOv2(SSLMethod):
         self.cfg = cfg
         m = cfg.method
         encoder = build_encoder(cfg)
-        head = DINOHead(encoder.out_dim, m.head_out_dim, m.head_hidden_dim, m.head_bottleneck_dim)
+        head = DINOHead(
+            encoder.out_dim,
+            m.head_out_dim,
+            m.head_hidden_dim,
+            m.head_bottleneck_dim,
+            norm_last_layer=m.norm_last_layer is not False,
+        )
         self.grid = cfg.data.global_size // encoder.backbone.patch_size
         self.student = DINOv2Student(
             encoder, head, build_recon_decoders(cfg, encoder), m.student_temp
         )
         self.teacher = make_teacher(self.student)
+        if m.centering == "centering":  # running means of the teacher's CLS / masked-patch logits
+            self.teacher.add_module("cls_center", RunningCenter(m.head_out_dim, m.center_momentum))
+            self.teacher.add_module(
+                "patch_center", RunningCenter(m.head_out_dim, m.center_momentum)
+            )
         self.transform = self._build_transform()
         self.dino_loss = DINOClsLoss()
         self.ibot_loss = IBOTPatchLoss(average_over="all_images")  # as DINOv2 and iBOT
@@ -147,12 +158,23 @@ class DINOv2(SSLMethod):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher probabilities: ((2, B, K) of the v1/v2 CLS, (M, K) of the masked patches).
 
-        One head call on [CLS (2B); masked patches (M)]; Sinkhorn-Knopp on each part.
+        One head call on [CLS (2B); masked patches (M)]; Sinkhorn-Knopp on each part, or with
+        `method.centering=centering` (DINOv2's `train.centering: centering`) a softmax around
+        running centers (`teacher.cls_center`, `teacher.patch_center`; momentum
+        `method.center_momentum`), updated after the step's targets from the CLS and the
+        masked-patch logits of the global batch.
         """
         encoder = self.teacher.encoder  # called as a module: an FSDP2 root of its own
         rows = head_rows(encoder.backbone, global_crops, mask_indices)
         logits = self.teacher.head(encoder(global_crops, rows=rows)[0])
         n = global_crops.shape[0]
+        if self.cfg.method.centering == "centering":
+            teacher = self.teacher
+            cls_probs = teacher.cls_center.probs(logits[:n], teacher_temp)
+            patch_probs = teacher.patch_center.probs(logits[n:], teacher_temp)
+            teacher.cls_center.update(logits[:n])
+            teacher.patch_center.update(logits[n:])
+            return cls_probs.unflatten(0, (2, -1)), patch_probs
         cls_probs = sinkhorn_knopp(logits[:n], teacher_temp)
         patch_probs = sinkhorn_knopp(logits[n:], teacher_temp)
         return cls_probs.unflatten(0, (2, -1)), patch_probs

@@ -152,9 +152,13 @@ def build_backbone(
     num_heads: int | None = None,
     drop_path_mode: str = "subset",
     drop_path_uniform: bool = False,
+    layerscale: float | None = None,
     **overrides: Any,
 ) -> Backbone:
     """Create the backbone `arch` (random init; nothing is downloaded).
+
+    `layerscale`: LayerScale init value of every block's two residual branches (timm's
+    `init_values`, a trained per-channel gain); 0: none; None: the arch's own.
 
     `drop_path_mode`: how stochastic depth is computed (`set_drop_path_mode`).
     `drop_path_uniform`: every block drops with rate `drop_path` (DINOv2); otherwise the rate
@@ -178,6 +182,8 @@ def build_backbone(
             kwargs[key] = value
     if num_registers:
         kwargs.update(reg_tokens=num_registers)
+    if layerscale is not None:
+        kwargs["init_values"] = layerscale if layerscale > 0 else None
     kwargs.update(overrides)
     vit = timm.create_model(spec.timm_name, **kwargs)
     if drop_path_uniform and drop_path > 0:
@@ -196,7 +202,8 @@ def backbone_kwargs(model_cfg: Any, img_size: int) -> dict[str, Any]:
         img_size=img_size,
         patch_size=model_cfg.patch_size,
         drop_path=model_cfg.drop_path,
-        drop_path_uniform=model_cfg.drop_path_uniform,
+        drop_path_uniform=bool(model_cfg.drop_path_uniform),
+        layerscale=model_cfg.layerscale,
         num_registers=model_cfg.num_registers,
         attention=model_cfg.attention,
         embed_dim=model_cfg.embed_dim,

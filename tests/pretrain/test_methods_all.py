@@ -104,8 +104,10 @@ def test_three_steps_finite_and_gradients_reach_student_only(
 @pytest.mark.parametrize("name", METHODS)
 def test_lambda_zero_equals_method_without_decoders(name: str) -> None:
     """λ = 0: same total loss and the same gradient on every shared student parameter."""
-    with_decoders = build(name, "recon.lambda=0")
-    without = build(name, "recon.lambda=0")
+    # LayerScale off: at its DINOv2 init (1e-5) every image's tokens agree to 1e-5, and fp32
+    # gradients of the two (equal in exact arithmetic) formulations agree only to ~1e-3.
+    with_decoders = build(name, "recon.lambda=0", "model.layerscale=0")
+    without = build(name, "recon.lambda=0", "model.layerscale=0")
     without.student.decoders = None  # the same method with the decoders removed
     shared = dict(without.student.named_parameters())
     for key, p in with_decoders.student.named_parameters():
