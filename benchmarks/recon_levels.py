@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", type=int, default=48, help="training batches held in memory")
     parser.add_argument("--eval-batches", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--decoders", default="", help="train only the decoders whose name contains this text"
+    )
     parser.add_argument("--out", default=None)
     parser.add_argument("overrides", nargs="*", help="config key=value overrides")
     args = parser.parse_args(argv)
@@ -120,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         "decoder on pixels of u_k (autoencoder)": lambda v1, v2, th, t, j: pixels(t[j]),
     }
     for name, make_input in inputs.items():
+        if args.decoders not in name:
+            continue
         t0 = time.perf_counter()
         probe = sample(*train_pairs[0], gen)
         in_dim = make_input(*probe, 0).shape[-1]
