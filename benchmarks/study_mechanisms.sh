@@ -12,8 +12,8 @@
 #   benchmarks/study_mechanisms.sh SETTING [SEED]
 #
 # The extra pretrainings (MECHS, default "recononly,lambda5,k1") run two at a time side by side
-# (one thread each) and are evaluated like the study runs (full eval of the last checkpoint,
-# rotation curve of the others). Resumable.
+# (one thread each); their last checkpoint gets the study's probe on rotation, SE(2) and
+# translation plus kNN and linear. Resumable.
 # Environment: RUNS=runs/study  OUT=docs/results/study/SETTING  NICE=5  MECHS=...
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +40,7 @@ print(load_config(sys.argv[1]).method.name)' "$CFG")" in
 esac
 
 variant() {  # variant NAME OVERRIDES...: pretrain and evaluate one mechanism run
-  local name="$1" run="$RUNS/${SETTING}_$1_s$SEED" steps ckpt step last
+  local name="$1" run="$RUNS/${SETTING}_$1_s$SEED" steps last
   shift
   steps=$($PY -c 'import sys
 from equirecon.config import load_config
@@ -50,16 +50,11 @@ print(load_config(sys.argv[1]).train.max_steps)' "$CFG")
     nice -n "$NICE" "$EQ" pretrain --config "$CFG" "run.dir=$run" "train.seed=$SEED" "$@"
   fi
   last=$(ls -d "$run"/checkpoints/step_* | sort | tail -1)
-  for ckpt in "$run"/checkpoints/step_*; do
-    step=$(basename "$ckpt")
-    [[ -f "$run/evals/$step.json" ]] && continue
-    if [[ "$ckpt" == "$last" ]]; then
-      nice -n "$NICE" "$EQ" eval --checkpoint "$ckpt" --config "$CFG"
-    else
-      nice -n "$NICE" "$EQ" eval --checkpoint "$ckpt" --config "$CFG" --tasks equivariance \
-        eval.equivariance_transforms=rotation eval.r2_repeats=1
-    fi
-  done
+  [[ -f "$run/evals/$(basename "$last").json" ]] && return
+  # The last checkpoint only, and the tasks that answer the mechanism questions (a CPU budget;
+  # the study runs have the full evaluation and the curves).
+  nice -n "$NICE" "$EQ" eval --checkpoint "$last" --config "$CFG" --tasks equivariance,knn,linear \
+    eval.equivariance_transforms=rotation,se2,translation
 }
 
 overrides() {  # the config overrides of one mechanism run

@@ -121,3 +121,49 @@ def test_grad_ratio_per_checkpoint(tmp_path: Path, demo_data: Path, tracking_uri
     pretrain(make_cfg(off, demo_data, tracking_uri, "train.max_steps=1", "recon.enabled=false"))
     with pytest.raises(SystemExit, match="no L_recon"):
         grad_ratio.main([str(off)])
+
+
+def test_study_report_tables(tmp_path: Path) -> None:
+    from benchmarks import study_report
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    for name, recon in (("s_baseline_s0", None), ("s_recon_s0", 0.5)):
+        run = runs / name
+        (run / "evals").mkdir(parents=True)
+        rows = [{"step": s, "train/loss_ssl": 2.0} for s in range(1, 401)]
+        if recon is not None:
+            for r in rows:
+                r["train/loss_recon"] = recon if r["step"] > 200 else 9.0
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+        metrics = {"eval/equivariance/rotation_r2": 0.25, "eval/knn/top1": 40.0}
+        (run / "evals" / "step_00000400.json").write_text(json.dumps({"metrics": metrics}))
+    grid = {"metrics": {"eval/equivariance/rotation_r2": 0.5}}
+    (runs / "s_recon_s0" / "evals" / "rotation_grid.json").write_text(json.dumps(grid))
+    results.mkdir()
+    levels = {"rows": [{"predictor": "copy v2", "l_recon": 0.44}]}
+    (results / "recon_levels.json").write_text(json.dumps(levels))
+    grads = {
+        "run": "s_recon_s0",
+        "rows": [
+            {
+                "checkpoint": "step_00000400",
+                "grad_ssl": 2.0,
+                "grad_recon": 0.5,
+                "ratio": 0.25,
+                "cosine": -0.1,
+            }
+        ],
+    }
+    (results / "grad_ratio_s_recon_s0.json").write_text(json.dumps(grads))
+    out = tmp_path / "mech.md"
+    assert (
+        study_report.main(["s", "--runs", str(runs), "--results", str(results), "--out", str(out)])
+        == 0
+    )
+    text = out.read_text()
+    assert "| copy v2 | 0.440 |" in text
+    assert "| s_recon_s0 (step 400) | 0.500 | 2.000 |" in text  # the last 200 steps only
+    assert "s_baseline_s0 (step" not in text  # no L_recon without recon
+    assert "| s_recon_s0 | step_00000400 | 2.000 | 0.500 | 0.250 | -0.100 |" in text
+    assert "| s_recon_s0 | 0.250 | 0.500 | – |" in text
+    assert "| s_baseline_s0 | 0.250 | – | – | 40.000 | – |" in text
