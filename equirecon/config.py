@@ -36,6 +36,18 @@ LR_SCALING_RULES = ("linear", "sqrt_1024", "none")
 ARCH_LAYERSCALE = {"vit_giant_patch14": 1e-5}
 _ARCH_OWN = "<arch's own>"  # marker in the tables below, resolved through ARCH_LAYERSCALE
 
+# What these keys meant before they existed (2026-12): a saved run config (`RUN_DIR/config.yaml`)
+# without them resolves to this, so older runs resume and evaluate as they were trained.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "train.lr_scaling": "linear",
+    "train.layerwise_decay": 1.0,
+    "train.patch_embed_lr_mult": 1.0,
+    "train.freeze_last_layer_steps": 0,
+    "train.weight_decay_tokens": False,
+    "model.layerscale": _ARCH_OWN,
+    "method.norm_last_layer": True,
+}
+
 # Per-method defaults of the recipe keys a config leaves unset (null, or "" for strings): what
 # each base method's public recipe trains with. Sources and deviations: configs/README.md
 # ("Recipes"). DINOv2: dinov2/configs/ssl_default_config.yaml (+ dinov2/layers/dino_head.py:
@@ -63,30 +75,10 @@ RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
         "method.norm_last_layer": False,  # README: --norm_last_layer false
     },
     **{
-        name: {
-            "train.lr_scaling": "linear",
-            "train.layerwise_decay": 1.0,
-            "train.patch_embed_lr_mult": 1.0,
-            "train.freeze_last_layer_steps": 0,
-            "train.weight_decay_tokens": False,
-            "model.layerscale": _ARCH_OWN,
-            "model.drop_path_uniform": False,
-            "method.norm_last_layer": True,  # no prototype layer
-        }
+        # No prototype layer, no recipe options: the behaviour before the keys existed.
+        name: {**LEGACY_DEFAULTS, "model.drop_path_uniform": False}
         for name in ("vicreg", "simclr")
     },
-}
-
-# What these keys meant before they existed (2026-12): a saved run config (`RUN_DIR/config.yaml`)
-# without them resolves to this, so older runs resume and evaluate as they were trained.
-LEGACY_DEFAULTS: dict[str, Any] = {
-    "train.lr_scaling": "linear",
-    "train.layerwise_decay": 1.0,
-    "train.patch_embed_lr_mult": 1.0,
-    "train.freeze_last_layer_steps": 0,
-    "train.weight_decay_tokens": False,
-    "model.layerscale": _ARCH_OWN,
-    "method.norm_last_layer": True,
 }
 
 
