@@ -12,10 +12,16 @@ def _cmd_data(args: argparse.Namespace) -> int:
     if args.data_cmd == "build-demo":
         from data_pipeline.demo import build_demo
 
-        manifest = build_demo(args.out, seed=args.seed, segmentation=not args.no_segmentation)
+        manifest = build_demo(
+            args.out,
+            seed=args.seed,
+            segmentation=not args.no_segmentation,
+            depth=not args.no_depth,
+        )
         counts = dict(manifest.get("counts", {}))
-        if manifest.get("segmentation"):
-            counts["segmentation"] = manifest["segmentation"]["counts"]
+        for dense in ("segmentation", "depth"):
+            if manifest.get(dense):
+                counts[dense] = manifest[dense]["counts"]
         print(f"demo shards in {args.out}: {json.dumps(counts)}")
         return 0
     if args.data_cmd == "build":
@@ -221,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--no-segmentation", action="store_true", help="skip the segmentation scenes subset"
     )
+    demo.add_argument("--no-depth", action="store_true", help="skip the rendered depth subset")
     build = data_cmds.add_parser(
         "build", help="WebDataset shards + DALI indexes from image folders (resumable)"
     )
@@ -251,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--tasks",
         default="",
-        help="comma-separated, or all: equivariance,knn,linear,homography,segmentation "
+        help="comma-separated, or all: equivariance,knn,linear,homography,segmentation,depth "
         "(default: eval.tasks)",
     )
     ev.add_argument("--data", default=None, help="dataset root (default: the run's data.path)")

@@ -6,6 +6,7 @@ Tasks (metric names as in DESIGN §5):
 - linear: `eval/linear/top1` (evals/linear.py)
 - homography: `eval/homography/mce` (evals/homography.py)
 - segmentation: `eval/segmentation/miou` (evals/segmentation.py)
+- depth: `eval/depth/rmse`, `eval/depth/abs_rel`, `eval/depth/delta1` (evals/depth.py)
 
 A checkpoint's results go to `RUN_DIR/evals/step_XXXXXXXX.json` and into the run's MLflow run at
 the checkpoint's step; a floor's to `RUN_DIR/evals/floor_<name>.json` (files only).
@@ -316,12 +317,37 @@ def _task_segmentation(provider: FeatureProvider, ctx: EvalContext) -> TaskResul
     return {"eval/segmentation/miou": float(res["miou"])}, res
 
 
+def _task_depth(provider: FeatureProvider, ctx: EvalContext) -> TaskResult:
+    from evals.depth import depth_linear, depth_settings, load_depth
+
+    e, size = ctx.cfg, ctx.img_size
+    train_x, train_y = load_depth(ctx.data, "train", size, e.depth_train_images or None)
+    test_x, test_y = load_depth(ctx.data, "val", size, e.depth_test_images or None)
+    settings = depth_settings(ctx.data)
+    res = depth_linear(
+        provider,
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        epochs=e.depth_epochs,
+        lr=e.depth_lr,
+        min_depth_m=settings["min_depth_m"],
+        max_depth_m=settings["max_depth_m"],
+        seed=e.seed,
+        device=ctx.device,
+    )
+    metrics = {f"eval/depth/{name}": float(res[name]) for name in ("rmse", "abs_rel", "delta1")}
+    return metrics, {**res, **settings}
+
+
 TASKS: dict[str, Callable[[FeatureProvider, EvalContext], TaskResult]] = {
     "equivariance": _task_equivariance,
     "knn": _task_knn,
     "linear": _task_linear,
     "homography": _task_homography,
     "segmentation": _task_segmentation,
+    "depth": _task_depth,
 }
 
 
@@ -454,7 +480,12 @@ def evaluate_checkpoint(
     data = data or e.data or cfg.data.path
     backbone, split_head, cfg = load_teacher_encoder(ckpt, cfg)
     provider = build_provider(
-        backbone, floor, seed=e.seed, pooling=e.pooling, split_head=split_head
+        backbone,
+        floor,
+        seed=e.seed,
+        pooling=e.pooling,
+        split_head=split_head,
+        feature_layers=e.feature_layers,
     )
     step = checkpoint_step(ckpt)
     run_dir = ckpt.parent.parent
@@ -504,7 +535,9 @@ def evaluate_export(
     task_list = parse_tasks(tasks, e.tasks)
     backbone = load_exported_backbone(export_dir)
     meta = json.loads((export_dir / CONFIG).read_text())
-    provider = build_provider(backbone, floor, seed=e.seed, pooling=e.pooling)
+    provider = build_provider(
+        backbone, floor, seed=e.seed, pooling=e.pooling, feature_layers=e.feature_layers
+    )
     t0 = time.perf_counter()
     outcome = run_tasks(
         provider, e, task_list, data, e.img_size or int(meta["model_args"]["img_size"]),
