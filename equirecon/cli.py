@@ -24,21 +24,52 @@ def _cmd_data(args: argparse.Namespace) -> int:
                 counts[dense] = manifest[dense]["counts"]
         print(f"demo shards in {args.out}: {json.dumps(counts)}")
         return 0
+    if args.data_cmd == "build" and args.format:
+        return _convert_layout(args)
     if args.data_cmd == "build":
         from data_pipeline.build import build_shards
 
         entry = build_shards(
             args.src,
             args.out,
-            labels=args.labels,
+            labels=args.labels or "none",
             shard_size_mb=args.shard_size_mb,
             workers=args.workers,
-            subset=args.subset,
-            split=args.split,
+            subset=args.subset or "natural",
+            split=args.split or "train",
             seed=args.seed,
         )
         return 0 if entry["num_samples"] > 0 else 1
     raise SystemExit(f"unknown data command {args.data_cmd!r}")
+
+
+def _convert_layout(args: argparse.Namespace) -> int:
+    """`data build --format F`: a standard dataset layout -> shards of every split it has."""
+    from data_pipeline.formats import convert
+
+    given = [f"--{n}" for n in ("labels", "subset", "split") if getattr(args, n) is not None]
+    if given:
+        raise SystemExit(
+            f"data build --format {args.format}: the layout sets labels, subsets and splits; "
+            f"drop {' '.join(given)}"
+        )
+    try:
+        entries = convert(
+            args.format,
+            args.src,
+            args.out,
+            shard_size_mb=args.shard_size_mb,
+            workers=args.workers,
+            seed=args.seed,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"data build --format {args.format}: {err}") from None
+    for name, entry in entries.items():
+        print(
+            f"{name}: {entry['num_samples']} samples, {entry['num_bad']} bad or unpaired files, "
+            f"{len(entry['classes'])} classes"
+        )
+    return 0 if entries and all(e["num_samples"] > 0 for e in entries.values()) else 1
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -231,13 +262,24 @@ def build_parser() -> argparse.ArgumentParser:
     build = data_cmds.add_parser(
         "build", help="WebDataset shards + DALI indexes from image folders (resumable)"
     )
-    build.add_argument("--src", required=True, help="folder or glob of JPEG/PNG/WebP images")
+    build.add_argument(
+        "--src",
+        required=True,
+        help="folder or glob of JPEG/PNG/WebP images; with --format: the dataset's root folder",
+    )
     build.add_argument("--out", required=True, help="dataset root (manifest.json, shards)")
-    build.add_argument("--labels", choices=("folder", "none"), default="none")
+    build.add_argument(
+        "--format",
+        choices=("imagefolder", "ade20k", "voc", "nyu-depth", "images"),
+        default=None,
+        help="read a standard layout (ImageNet folders, ADE20K, Pascal VOC, NYU Depth v2, plain "
+        "or COCO image folders) and write every split it has (see data_pipeline/formats)",
+    )
+    build.add_argument("--labels", choices=("folder", "none"), default=None, help="default: none")
     build.add_argument("--shard-size-mb", type=float, default=256.0)
     build.add_argument("--workers", type=int, default=1, help="parallel processes")
-    build.add_argument("--subset", default="natural", help="natural (pretraining) | labelled")
-    build.add_argument("--split", default="train")
+    build.add_argument("--subset", default=None, help="natural (pretraining, default) | labelled")
+    build.add_argument("--split", default=None, help="default: train")
     build.add_argument("--seed", type=int, default=0, help="seed of the file order")
     data.set_defaults(func=_cmd_data)
 
