@@ -150,6 +150,7 @@ def _cmd_eval_watch(args: argparse.Namespace) -> int:
         eval_fn=load_eval_fn(args.eval_fn) if args.eval_fn else None,
         handle_signals=True,
         overrides=args.overrides,
+        config=args.config,
         max_attempts=args.max_attempts,
         max_parallel=args.max_parallel,
         executor_options=options,
@@ -337,6 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     wa.add_argument("--account", default=None, help="Slurm account")
     wa.add_argument(
         "--eval-fn", default=None, help="module:function evaluating one checkpoint path"
+    )
+    wa.add_argument(
+        "--config",
+        default=None,
+        help="take eval.* settings from this YAML config (e.g. configs/eval/imagenet_linear.yaml)",
     )
     wa.add_argument("--stop-with-parent", type=int, default=None, help=argparse.SUPPRESS)
     wa.add_argument("overrides", nargs="*", help="eval.* overrides for every eval job")

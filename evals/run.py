@@ -221,22 +221,30 @@ def _task_equivariance(provider: FeatureProvider, ctx: EvalContext) -> TaskResul
 
 
 def _labelled_features(provider: FeatureProvider, ctx: EvalContext) -> tuple[torch.Tensor, ...]:
-    """(train feats, train labels, test feats, test labels), shared by kNN and the linear probe."""
+    """(train feats, train labels, test feats, test labels), shared by kNN and the linear probe.
+
+    Images are decoded and passed through the model batch by batch (only features are kept),
+    so the labelled set may be far larger than memory (ImageNet with `*_images: 0`).
+    """
     key = ("labelled_features", id(provider))
     if key not in ctx.cache:
+        from data_pipeline.reader import iter_images
         from evals.features import extract_features
 
         e = ctx.cfg
-        train_x, train_y = ctx.images(
-            "labelled", "train", ctx.img_size, e.labelled_train_images, True
-        )
-        test_x, test_y = ctx.images("labelled", "val", ctx.img_size, e.labelled_test_images, True)
-        desc = "labelled features" if ctx.progress else None
-        f_train = extract_features(
-            provider.global_features, train_x, e.batch_size, ctx.device, desc
-        )
-        f_test = extract_features(provider.global_features, test_x, e.batch_size, ctx.device, desc)
-        ctx.cache[key] = (f_train, train_y, f_test, test_y)
+        out: list[torch.Tensor] = []
+        for split, limit in (("train", e.labelled_train_images), ("val", e.labelled_test_images)):
+            batches = iter_images(
+                ctx.data, "labelled", split, ctx.img_size, True, limit or None, e.batch_size
+            )
+            feats, labels = [], []
+            for images, y in batches:
+                feats.append(
+                    extract_features(provider.global_features, images, e.batch_size, ctx.device)
+                )
+                labels.append(y)
+            out += [torch.cat(feats), torch.cat(labels)]
+        ctx.cache[key] = tuple(out)
     return ctx.cache[key]
 
 
