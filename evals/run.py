@@ -237,6 +237,10 @@ def _labelled_features(provider: FeatureProvider, ctx: EvalContext) -> tuple[tor
             batches = iter_images(
                 ctx.data, "labelled", split, ctx.img_size, True, limit or None, e.batch_size
             )
+            if ctx.progress:
+                from tqdm.auto import tqdm
+
+                batches = tqdm(batches, desc=f"labelled {split} features", unit="batch")
             feats, labels = [], []
             for images, y in batches:
                 feats.append(

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from data_pipeline.annotations import IGNORE_INDEX
 from data_pipeline.batch import IMAGENET_MEAN, IMAGENET_STD
 from data_pipeline.reader import SkipSample, decode_image
 from data_pipeline.shards import iter_shard_samples, resolve_shards
@@ -34,7 +35,6 @@ from evals.providers import FeatureProvider, extract_patch_features
 
 SUBSET = "segmentation"
 MASK_KEY = "seg.png"
-IGNORE_INDEX = 255
 
 
 def segmentation_classes(path: str | Path) -> list[str] | None:
