@@ -242,11 +242,14 @@ class EvalConfig:
     """
 
     data: str = ""  # "" -> data.path
-    tasks: str = "equivariance,knn,linear,homography,segmentation"  # or "all"
+    tasks: str = "equivariance,knn,linear,homography,segmentation,depth"  # or "all"
     img_size: int | None = None  # None: data.global_size
     seed: int = 0  # θ draws, splits, head initializations, batch order
     pooling: str = "cls+mean"  # global feature: cls | cls+mean | mean
     batch_size: int = 256  # images per feature-extraction batch
+    # Features of the last n transformer blocks, concatenated (DINOv2's n_last_blocks): the
+    # global feature pools each of them as eval.pooling, the patch grid stacks their channels.
+    feature_layers: int = 1
     # Equivariance R² (natural subset): transforms, images, views, the MLP h.
     equivariance_transforms: str = "rotation,translation,se2,color,blur"
     # What h reads of f(I) and f(g(I)): "global" = the eval.pooling vector ([CLS; mean patch]),
@@ -285,6 +288,11 @@ class EvalConfig:
     segmentation_test_images: int = 400
     segmentation_epochs: int = 20
     segmentation_lr: float = 0.01
+    # Linear depth (depth subset: demo's rendered rooms or NYU Depth v2). 0: every image.
+    depth_train_images: int = 300
+    depth_test_images: int = 100
+    depth_epochs: int = 20
+    depth_lr: float = 0.01
     # Watch RUN_DIR/checkpoints while pretraining (rank 0 starts `equirecon eval watch`).
     watch: bool = False
     watch_poll_seconds: float = 30.0
