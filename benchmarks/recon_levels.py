@@ -11,7 +11,11 @@ data of a config (its real loader, its g_θ, its K targets u_k = g_{kθ/(K+1)}(u
 - the decoder of the config (`pretrain.models.decoder.ReconDecoder`: per-patch linear, four
   3x3 convolutions) trained on raw pixel patches instead of encoder features: [v1; v2] (all the
   information the encoder has), [v1; v2] + θ broadcast to every patch (θ given), and u_k's own
-  patches (an autoencoder: the decoder's resolution floor).
+  patches (an autoencoder: the decoder's resolution floor);
+- with `--encoder random|CHECKPOINT` (repeatable), the same decoder trained on a *frozen*
+  encoder's patch tokens of [v1; v2] (a random-init ViT of the config's shape, or a checkpoint's
+  teacher backbone) and, for a +recon checkpoint, on its split head's z_equi slice: does the
+  encoder's output still hold what the decoder got from raw pixels, or was it lost?
 
     python benchmarks/recon_levels.py --config configs/study/vicreg_recon.yaml --steps 600
 
@@ -39,9 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--decoders", default="", help="train only the decoders whose name contains this text"
     )
+    parser.add_argument(
+        "--encoder",
+        action="append",
+        default=[],
+        help="also train the decoder on this frozen encoder's tokens: 'random' or a checkpoint",
+    )
     parser.add_argument("--out", default=None)
     parser.add_argument("overrides", nargs="*", help="config key=value overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     import torch
     import torch.nn.functional as F
@@ -122,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "decoder on pixels of u_k (autoencoder)": lambda v1, v2, th, t, j: pixels(t[j]),
     }
+    for spec in args.encoder:
+        inputs.update(_encoder_inputs(spec, cfg, patch))
     for name, make_input in inputs.items():
         if args.decoders not in name:
             continue
@@ -168,6 +180,44 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps({"config": args.config, "overrides": args.overrides, "rows": rows}, indent=1)
         )
     return 0
+
+
+def _encoder_inputs(spec: str, cfg, patch: int) -> dict:
+    """Decoder inputs from a frozen encoder: its patch tokens of [v1; v2] (and z_equi of a +recon
+    checkpoint's split head), computed without gradients."""
+    import torch
+
+    from evals.run import load_teacher_encoder, resolve_checkpoint
+    from pretrain.models.backbone import backbone_kwargs, build_backbone
+
+    if spec == "random":
+        torch.manual_seed(0)
+        kwargs = {**backbone_kwargs(cfg.model, cfg.data.global_size), "drop_path": 0}
+        backbone, head, label = build_backbone(**kwargs), None, "random-init ViT"
+    else:
+        path = resolve_checkpoint(spec)
+        backbone, head, _ = load_teacher_encoder(path)
+        label = f"{path.parent.parent.name}/{path.name}"
+    backbone.eval()
+    prefix = int(getattr(backbone, "num_prefix_tokens", 1))
+
+    def tokens(x: torch.Tensor, equi: bool) -> torch.Tensor:
+        with torch.no_grad():
+            t = backbone(x)
+            if equi:
+                t = head.equi(t)
+            return t[:, prefix:]
+
+    out = {
+        f"decoder on frozen {label} tokens [v1; v2]": lambda v1, v2, th, t, j: torch.cat(
+            [tokens(v1, False), tokens(v2, False)], -1
+        )
+    }
+    if head is not None:
+        out[f"decoder on frozen {label} z_equi [v1; v2]"] = lambda v1, v2, th, t, j: torch.cat(
+            [tokens(v1, True), tokens(v2, True)], -1
+        )
+    return out
 
 
 if __name__ == "__main__":

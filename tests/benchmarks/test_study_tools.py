@@ -86,14 +86,17 @@ def test_recon_levels_order(tmp_path: Path, demo_data: Path) -> None:
     out = tmp_path / "levels.json"
     overrides = [o for o in TINY_OVERRIDES if o.split("=")[0].startswith(("data.", "model."))]
     argv = ["--config", "configs/demo_cpu.yaml", "--steps", "3", "--pool", "2"]
-    argv += ["--eval-batches", "2", "--out", str(out), f"data.path={demo_data}", *overrides]
-    argv += ["recon.transform=rotation", "data.global_size=32", "train.batch_size=16"]
+    argv += ["--eval-batches", "2", "--out", str(out), f"data.path={demo_data}", "--encoder"]
+    argv += ["random", *overrides, "recon.transform=rotation", "data.global_size=32"]
+    argv += ["train.batch_size=16"]
     assert recon_levels.main(argv) == 0
     rows = {r["predictor"]: r["l_recon"] for r in json.loads(out.read_text())["rows"]}
     assert rows["inverse of v2 (θ known)"] < rows["copy v2"]
     assert rows["u_k low-passed (grid resolution floor)"] < rows["mean colour of u_k (oracle)"]
     assert rows["mean colour of u_k (oracle)"] < rows["zero (dataset mean)"]
-    assert len([r for r in rows if r.startswith("decoder")]) == 3
+    assert len([r for r in rows if r.startswith("decoder")]) == 4
+    frozen = rows["decoder on frozen random-init ViT tokens [v1; v2]"]
+    assert 0 < frozen < rows["zero (dataset mean)"]
 
 
 def test_grad_ratio_per_checkpoint(tmp_path: Path, demo_data: Path, tracking_uri: str) -> None:
