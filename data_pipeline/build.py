@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from data_pipeline.shards import ShardWriter, count_samples, split_member_name
+from equirecon.errors import ConfigError, DataError, MissingPathError
 
 logger = logging.getLogger(__name__)
 
@@ -219,19 +220,19 @@ def find_sources(
         ValueError: unknown ``labels`` mode, or ``folder`` mode found no class folder.
     """
     if labels not in LABEL_MODES:
-        raise ValueError(f"labels={labels!r}; choose one of {LABEL_MODES}")
+        raise ConfigError(f"labels={labels!r}; choose one of {LABEL_MODES}")
     if _GLOB_CHARS & set(src):
         root = _glob_root(src)
         matches = sorted(glob.glob(src, recursive=True))
         if not matches:
-            raise FileNotFoundError(f"--src glob {src!r} matched nothing")
+            raise MissingPathError(f"--src glob {src!r} matched nothing")
         paths: list[Path] = []
         for match in map(Path, matches):
             paths += _walk(match) if match.is_dir() else [match] if match.is_file() else []
     else:
         root = Path(src)
         if not root.is_dir():
-            raise FileNotFoundError(f"--src {src!r} is neither a folder nor a glob that matches")
+            raise MissingPathError(f"--src {src!r} is neither a folder nor a glob that matches")
         paths = _walk(root)
     rels = sorted({p.relative_to(root).as_posix(): p for p in paths}.items())
     if labels == "folder":
@@ -240,7 +241,7 @@ def find_sources(
         else:  # every visible sub-folder, as torchvision's ImageFolder
             classes = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name[0] != ".")
         if not classes:
-            raise ValueError(f"--labels folder: no class folders under {root}")
+            raise DataError(f"--labels folder: no class folders under {root}")
         class_index = {name: i for i, name in enumerate(classes)}
     else:
         classes, class_index = [], {}
@@ -537,7 +538,7 @@ def build_shards(
     """
     start = time.perf_counter()
     if shard_size_mb <= 0:
-        raise ValueError(f"shard_size_mb must be > 0, got {shard_size_mb}")
+        raise ConfigError(f"shard_size_mb must be > 0, got {shard_size_mb}")
     for name, value in (("subset", subset), ("split", split)):
         if not value or "/" in value or "-" in value or value.startswith("."):
             raise ValueError(

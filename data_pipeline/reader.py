@@ -42,6 +42,7 @@ from data_pipeline.shards import (
     iter_shard_samples,
     resolve_shards,
 )
+from equirecon.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ class ShardSampleStream:
                 self.shards.append(path)
                 self.counts.append(count)
         if not self.shards:
-            raise RuntimeError(
+            raise DataError(
                 f"no readable samples in any of the {len(self.all_shards)} shards "
                 f"{_short_list(self.all_shards)} (skipped: {dict(self.skipped_by_reason)})"
             )
@@ -765,7 +766,7 @@ def load_images(
     if stream.skipped:
         logger.warning("load_images(%s): skipped %s", path, dict(stream.skipped_by_reason))
     if not images:
-        raise RuntimeError(f"no decodable image in shards {_short_list(shards)}")
+        raise DataError(f"no decodable image in shards {_short_list(shards)}")
     batch = torch.stack(images).float().div_(255.0).sub_(mean).div_(std)
     return batch, (torch.tensor(labels, dtype=torch.int64) if with_labels else None)
 

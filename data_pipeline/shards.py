@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from equirecon.errors import MissingPathError
+
 logger = logging.getLogger(__name__)
 
 Sample = dict[str, Any]
@@ -162,14 +164,14 @@ def resolve_shards(path: str, subset: str = "natural", split: str = "train") -> 
             pattern = str(root / subset / f"{split}-*.tar")
             found = sorted(glob.glob(pattern))
             if not found:
-                raise FileNotFoundError(
+                raise MissingPathError(
                     f"no shards for subset {subset!r} split {split!r} in dataset root {path!r}: "
                     f"looked for {pattern}"
                 )
             return found
         found = sorted(str(p) for p in root.glob("*.tar") if p.is_file())
         if not found:
-            raise FileNotFoundError(
+            raise MissingPathError(
                 f"{path!r} is a folder without .tar shards, manifest.json or a {subset!r}/ "
                 f"subfolder: looked for {root / '*.tar'} and {root / subset / (split + '-*.tar')}"
             )
@@ -179,9 +181,9 @@ def resolve_shards(path: str, subset: str = "natural", split: str = "train") -> 
     if _GLOB_CHARS & set(path):
         found = sorted(p for p in glob.glob(path) if os.path.isfile(p))
         if not found:
-            raise FileNotFoundError(f"glob {path!r} matched no shard files")
+            raise MissingPathError(f"glob {path!r} matched no shard files")
         return found
-    raise FileNotFoundError(
+    raise MissingPathError(
         f"data path {path!r} does not exist (expected a dataset root, a folder of .tar shards, "
         f"a .tar file or a glob)"
     )

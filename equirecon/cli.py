@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+
+from equirecon.errors import UserError
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -210,7 +213,11 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="equirecon", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="equirecon",
+        description=__doc__,
+        epilog="--debug (anywhere) or EQUIRECON_DEBUG=1: show the traceback of user errors.",
+    )
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     data = verbs.add_parser("data", help="build WebDataset shards")
@@ -359,8 +366,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEBUG_ENV = "EQUIRECON_DEBUG"
+
+
+def _take_debug_flag(argv: list[str]) -> tuple[list[str], bool]:
+    """Remove `--debug` (anywhere before a benchmark's own arguments); True if it was there."""
+    limit = argv.index("bench") + 2 if "bench" in argv[:1] else len(argv)
+    kept = [a for i, a in enumerate(argv) if not (a == "--debug" and i < limit)]
+    return kept, len(kept) != len(argv)
+
+
+def report_user_error(err: UserError) -> None:
+    """The error as one line on stderr (plus a hint line), without a traceback."""
+    print(f"equirecon: error: {err}", file=sys.stderr)
+    if err.hint:
+        print(f"hint: {err.hint} (--debug or {DEBUG_ENV}=1 shows the traceback)", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb. A `UserError` exits with code 2 and one line; `--debug` or
+    `EQUIRECON_DEBUG=1` lets it propagate with its traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    argv, debug = _take_debug_flag(argv)
+    debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     if argv[:2] == ["eval", "watch"]:
         argv = ["eval-watch", *argv[2:]]
     parser = build_parser()
@@ -372,7 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         if stray or not hasattr(args, "overrides"):
             parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
         args.overrides = [*(args.overrides or []), *extra]
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        if debug:
+            raise
+        report_user_error(err)
+        return 2
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import torch
 import yaml
 
 from equirecon.config import Config, EvalConfig, load_config
+from equirecon.errors import ConfigError, MissingPathError
 from equirecon.tracking import log_to_existing_run
 from evals.providers import FLOORS, FeatureProvider, build_provider
 from evals.results import floor_result_path, step_result_path, write_json_atomic
@@ -81,7 +82,7 @@ def checkpoint_config(ckpt: Path) -> Config:
                     ", eval.".join(changed),
                 )
             return cfg
-    raise FileNotFoundError(f"no config.yaml in {ckpt} or its run directory {ckpt.parent.parent}")
+    raise MissingPathError(f"no config.yaml in {ckpt} or its run directory {ckpt.parent.parent}")
 
 
 def load_teacher_backbone(ckpt: str | Path, cfg: Config | None = None) -> tuple[Backbone, Config]:
@@ -100,7 +101,7 @@ def load_teacher_encoder(
     """
     ckpt = Path(ckpt)
     if not (ckpt / ".metadata").is_file():
-        raise FileNotFoundError(f"{ckpt} is not a complete DCP checkpoint (no .metadata)")
+        raise MissingPathError(f"{ckpt} is not a complete DCP checkpoint (no .metadata)")
     cfg = cfg or checkpoint_config(ckpt)
     kwargs = backbone_kwargs(cfg.model, cfg.data.global_size)
     kwargs["drop_path"] = 0.0
@@ -136,17 +137,17 @@ def resolve_checkpoint(path: str | Path) -> Path:
         root = path.parent if path.name == "latest" else path
         found = latest_checkpoint(root)
         if found is None:
-            raise FileNotFoundError(f"no complete checkpoint under {root}")
+            raise MissingPathError(f"no complete checkpoint under {root}")
         return found
     if not (path / ".metadata").is_file():
-        raise FileNotFoundError(f"{path} is not a complete checkpoint directory (no .metadata)")
+        raise MissingPathError(f"{path} is not a complete checkpoint directory (no .metadata)")
     return path
 
 
 def checkpoint_step(ckpt: Path) -> int:
     m = STEP_RE.match(ckpt.name)
     if m is None:
-        raise ValueError(f"checkpoint directory {ckpt} is not named step_XXXXXXXX")
+        raise ConfigError(f"checkpoint directory {ckpt} is not named step_XXXXXXXX")
     return int(m.group(1))
 
 
@@ -333,7 +334,7 @@ def parse_tasks(text: str | list[str] | None, default: str) -> list[str]:
         return list(TASKS)
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
-        raise ValueError(f"unknown eval task(s) {unknown}; available: {', '.join(TASKS)} or all")
+        raise ConfigError(f"unknown eval task(s) {unknown}; available: {', '.join(TASKS)} or all")
     return tasks
 
 
@@ -394,7 +395,7 @@ def _apply_eval_settings(
     if overrides:
         bad = [o for o in overrides if not o.split("=", 1)[0].strip().startswith("eval.")]
         if bad:
-            raise ValueError(f"eval accepts only eval.* overrides, got {bad}")
+            raise ConfigError(f"eval accepts only eval.* overrides, got {bad}")
         holder = Config(eval=copy.deepcopy(cfg_eval))
         from equirecon.config import _set, parse_overrides
 

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from equirecon.config import Config, flat_dict, save_config, to_dict
+from equirecon.errors import CheckpointError
 from equirecon.tracking import MetricsFile, Tracker
 from launch.distributed import DistInfo, all_reduce_mean, all_reduce_min, barrier, init_distributed
 from pretrain.checkpoint import Checkpointer, latest_checkpoint, read_meta
@@ -224,14 +225,14 @@ class Trainer:
         saved_ws = int(meta.get("world_size", self.dist.world_size))
         resharded = saved_ws != self.dist.world_size
         if resharded and not self.engine.reshard_supported():
-            raise RuntimeError(
+            raise CheckpointError(
                 f"{path} was written by {saved_ws} ranks with train.strategy={meta.get('strategy')}; "
                 f"DeepSpeed ZeRO optimizer states resume only at the same world size (now "
                 f"{self.dist.world_size}). Resume with {saved_ws} ranks, or use ddp/fsdp2 (DCP "
                 "checkpoints reshard to any world size)."
             )
         if meta.get("strategy") == "deepspeed" and self.engine.name != "deepspeed":
-            raise RuntimeError(
+            raise CheckpointError(
                 f"{path} holds DeepSpeed optimizer state; resume it with train.strategy=deepspeed"
             )
         state = self._state(for_load=True, saved_world_size=saved_ws)
