@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from equirecon.errors import UserError
+from equirecon.errors import MissingPathError, UserError
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -168,6 +168,32 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_checkpoints(args: argparse.Namespace) -> int:
+    """`checkpoints verify RUN_DIR`: the state of every checkpoint, newest first; exit 1 if any
+    is damaged."""
+    from pathlib import Path
+
+    from pretrain.checkpoint import list_checkpoints, resume_candidates
+    from pretrain.checkpoint_integrity import verify_checkpoint
+
+    root = Path(args.run_dir)
+    root = root if root.name == "checkpoints" else root / "checkpoints"
+    found = list_checkpoints(root)
+    if not found:
+        raise MissingPathError(f"no complete checkpoint under {root}")
+    states = {path: verify_checkpoint(path) for _, path in reversed(found)}
+    order = resume_candidates(root)
+    width = max(len(p.name) for p in states) + len(" (latest)")
+    for path, state in states.items():
+        name = path.name + (" (latest)" if path == order[0] else "")
+        print(f"{name:<{width}}  {state.describe()}")
+    resume = next((p for p in order if states[p].usable), None)
+    print(
+        f"a resume starts from: {resume.name if resume else 'nothing (every checkpoint is damaged)'}"
+    )
+    return 1 if any(not s.usable for s in states.values()) else 0
+
+
 def _cmd_launch(args: argparse.Namespace) -> int:
     from launch.slurm import (
         SlurmOptions,
@@ -322,6 +348,18 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default=None, help="output folder (default: reports/<timestamp>)")
     rep.add_argument("--no-mlflow", action="store_true", help="do not log a report run")
     rep.set_defaults(func=_cmd_report)
+    ck = verbs.add_parser("checkpoints", help="inspect the checkpoints of a run")
+    ck_cmds = ck.add_subparsers(dest="checkpoints_cmd", required=True)
+    ver = ck_cmds.add_parser(
+        "verify",
+        help="check every checkpoint's files against its manifest (size + SHA-256)",
+        description="List every checkpoint of RUN_DIR, newest first, with its state: ok, "
+        "damaged (which files, how), or unverified (written before manifests existed). "
+        "Exit code 1 when any is damaged.",
+    )
+    ver.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (or its checkpoints/)")
+    ver.set_defaults(func=_cmd_checkpoints)
+
     la = verbs.add_parser("launch", help="launch pretraining on a cluster (Slurm via submitit)")
     la_cmds = la.add_subparsers(dest="launch_cmd", required=True)
     sl = la_cmds.add_parser(

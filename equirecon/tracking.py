@@ -122,6 +122,11 @@ class Tracker:
         if self.enabled:
             self._push("params", {k: str(v) for k, v in params.items()})
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Set run tags (e.g. `checkpoint.damaged` after a fallback on resume)."""
+        if self.enabled:
+            self._push("tags", {k: str(v) for k, v in tags.items()})
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
             return
@@ -243,6 +248,9 @@ class Tracker:
                 return
             self.client.log_artifact(self.run_id, str(path), payload["artifact_path"])
             shutil.rmtree(path.parent, ignore_errors=True)
+        elif kind == "tags":
+            for key, value in payload.items():
+                self.client.set_tag(self.run_id, key, value)
         elif kind == "terminate":
             self.client.set_terminated(self.run_id, status=payload)
         else:  # pragma: no cover

@@ -28,11 +28,12 @@ import torch
 import yaml
 
 from equirecon.config import Config, EvalConfig, load_config
-from equirecon.errors import ConfigError, MissingPathError
+from equirecon.errors import CheckpointError, ConfigError, MissingPathError
 from equirecon.tracking import log_to_existing_run
 from evals.providers import FLOORS, FeatureProvider, build_provider
 from evals.results import floor_result_path, step_result_path, write_json_atomic
-from pretrain.checkpoint import STEP_RE, Checkpointer
+from pretrain.checkpoint import STEP_RE, Checkpointer, latest_checkpoint, select_checkpoint
+from pretrain.checkpoint_integrity import verify_checkpoint
 from pretrain.models.backbone import Backbone, backbone_kwargs, build_backbone
 from pretrain.models.heads import SplitHead
 
@@ -128,19 +129,36 @@ def load_teacher_encoder(
     return backbone.eval(), (head.eval() if head is not None else None), cfg
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from `step_X`, `checkpoints/latest` or a `checkpoints` folder."""
+def resolve_checkpoint(path: str | Path, verify: bool = True) -> Path:
+    """A checkpoint directory from `step_X`, `checkpoints/latest` or a `checkpoints` folder.
+
+    With `verify`, its files are checked against its manifest: for `latest` (or a folder) a
+    damaged newest checkpoint is passed over with a warning naming the damaged files; a damaged
+    `step_X` named explicitly is an error.
+    """
     path = Path(path)
     if path.name == "latest" or (path / "latest").is_file():
-        from pretrain.checkpoint import latest_checkpoint
-
         root = path.parent if path.name == "latest" else path
-        found = latest_checkpoint(root)
+        if verify:
+            found, damaged = select_checkpoint(root)
+            for state in damaged:
+                log.warning(
+                    "damaged checkpoint %s skipped (%s); using %s",
+                    state.path,
+                    state.describe(),
+                    found,
+                )
+        else:
+            found = latest_checkpoint(root)
         if found is None:
             raise MissingPathError(f"no complete checkpoint under {root}")
         return found
     if not (path / ".metadata").is_file():
         raise MissingPathError(f"{path} is not a complete checkpoint directory (no .metadata)")
+    if verify:
+        state = verify_checkpoint(path)
+        if not state.usable:
+            raise CheckpointError(f"checkpoint {path} is {state.describe()}")
     return path
 
 
