@@ -232,7 +232,7 @@ class CheckpointConfig:
 
 @dataclass
 class TrackingConfig:
-    uri: str = ""  # "" -> $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db at the repository root
+    uri: str = ""  # "" -> $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current directory
     experiment: str = "equirecon"
     enabled: bool = True
 

@@ -6,6 +6,7 @@ evaluations of its checkpoints all log into the same MLflow run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -14,18 +15,50 @@ import shutil
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_ID_FILE = "mlflow_run_id"
+DEFAULT_STORE = "mlflow.db"  # in the current working directory, like MLflow's own ./mlruns
+_SQLITE = "sqlite:///"
 
 
 def resolve_tracking_uri(uri: str = "") -> str:
-    """`uri`, else $MLFLOW_TRACKING_URI, else `sqlite:///<repo root>/mlflow.db`."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+    """`uri`, else $MLFLOW_TRACKING_URI, else `sqlite:///<current directory>/mlflow.db`
+    (absolute, so every process of a run, and the printed `mlflow ui` command, agree)."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"{_SQLITE}{Path.cwd() / DEFAULT_STORE}"
+
+
+def describe_tracking(uri: str) -> str:
+    """Where the metrics go and how to look at them (printed at the start of every run)."""
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow tracking server {uri} (open it in a browser)"
+    return f"MLflow store {uri}; view it with: mlflow ui --backend-store-uri {uri} --port 5000"
+
+
+@contextlib.contextmanager
+def _creation_lock(uri: str) -> Iterator[None]:
+    """Hold `<db>.lock` while a new sqlite store is created: two processes creating the same
+    new mlflow.db would otherwise race on its schema. No-op for other stores or existing files."""
+    path = Path(uri[len(_SQLITE) :]) if uri.startswith(_SQLITE) else None
+    if path is None or path.is_file() or fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _client(uri: str):  # noqa: ANN202 - mlflow.MlflowClient
@@ -34,7 +67,14 @@ def _client(uri: str):  # noqa: ANN202 - mlflow.MlflowClient
     except ImportError as e:  # pragma: no cover - mlflow is a core dependency
         raise ImportError("MLflow is required for tracking: pip install 'mlflow==3.17.2'") from e
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    return mlflow.MlflowClient(tracking_uri=uri)
+    with _creation_lock(uri):
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        if uri.startswith(_SQLITE):
+            try:  # create the schema now, under the lock
+                client.search_experiments(max_results=1)
+            except Exception as err:  # noqa: BLE001 - left to the delivery retries
+                log.warning("MLflow store %s not usable yet: %s", uri, str(err)[:200])
+    return client
 
 
 class MetricsFile:

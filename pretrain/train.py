@@ -22,7 +22,7 @@ from tqdm import tqdm
 from equirecon.config import Config, flat_dict, save_config, to_dict
 from equirecon.errors import CheckpointError
 from equirecon.resume_config import check_resume_config, format_changes, load_saved_config
-from equirecon.tracking import MetricsFile, Tracker
+from equirecon.tracking import MetricsFile, Tracker, describe_tracking
 from launch.distributed import DistInfo, all_reduce_mean, all_reduce_min, barrier, init_distributed
 from pretrain.checkpoint import Checkpointer, read_meta, select_checkpoint_all_ranks
 from pretrain.meters import device_peak_flops, max_memory_gb, ssl_step_flops
@@ -367,6 +367,8 @@ class Trainer:
                 cfg.run.name,
                 cfg.tracking.enabled,
             )
+            if self.tracker.enabled:
+                log.info("%s", describe_tracking(self.tracker.uri))
             self.tracker.log_params({**flat_dict(cfg), **self.resolved_params()})
             self.tracker.log_artifact(self.run_dir / "config.yaml")
             self._report_resume()
