@@ -617,6 +617,12 @@ def build_shards(
         "shards_written": len(todo),
         "build_seconds": round(time.perf_counter() - start, 2),
     }
+    if entry["num_samples"] == 0:
+        # Nothing usable: no record may claim this build complete, so a rerun reads every file
+        # again (an unreadable file may be a transient failure: a mount, permissions).
+        entry["complete"] = False
+        for task in tasks:
+            Path(task.record).unlink(missing_ok=True)
     manifest.setdefault("builds", {})[f"{subset}/{split}"] = entry
     manifest.setdefault("counts", {}).setdefault(subset, {})[split] = entry["num_samples"]
     manifest.setdefault("shards", {}).setdefault(subset, {})[split] = [
@@ -628,6 +634,15 @@ def build_shards(
     tmp = out / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, out / "manifest.json")
+    if entry["num_samples"] == 0:
+        first = "; ".join(f"{b['path']}: {b['reason']}" for b in bad_files[:3])
+        raise DataError(
+            f"data build: no readable image among the {len(files)} image files of {src!r}"
+            + (f" ({len(bad_files)} bad, e.g. {first})" if bad_files else "")
+            + f"; every bad file is listed in {out / 'manifest.json'}",
+            hint="check --src (and that the files are readable images); nothing was marked "
+            "complete, so the next run reads them again",
+        )
     if progress:
         print(
             f"data build: {entry['num_samples']} samples in {len(written)} shards "

@@ -24,7 +24,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     if args.data_cmd == "build":
         from data_pipeline.build import build_shards
 
-        entry = build_shards(
+        build_shards(
             args.src,
             args.out,
             labels=args.labels,
@@ -34,7 +34,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
             split=args.split,
             seed=args.seed,
         )
-        return 0 if entry["num_samples"] > 0 else 1
+        return 0  # a build without any readable image raises DataError
     raise SystemExit(f"unknown data command {args.data_cmd!r}")
 
 

@@ -499,7 +499,12 @@ class Trainer:
         if stats is not None:
             skipped = stats() if callable(stats) else stats
             if isinstance(skipped, dict) and "skipped" in skipped:
+                # samples lost (undecodable, in the damaged part of a shard ...) and shards
+                # damaged or unreadable; data/skipped is their sum, as before (deprecated)
                 metrics["data/skipped"] = float(skipped["skipped"])
+                for key in ("skipped_samples", "skipped_shards"):
+                    if key in skipped:
+                        metrics[f"data/{key}"] = float(skipped[key])
         if self.dist.is_main:
             self.metrics_file.append(self.step, metrics)
             if self.tracker is not None:
