@@ -88,6 +88,14 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _yaml(value: Any) -> str:
+    """`value` as a key=value override on a command line would spell it."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_yaml(v) for v in value) + "]"
+    text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    return f"'{text}'" if " " in text else text
+
+
 def format_changes(changes: dict[str, tuple[Any, Any]]) -> str:
     """A table: key, saved value, new value."""
     rows = [("key", "saved", "now")] + [(k, repr(a), repr(b)) for k, (a, b) in changes.items()]
@@ -105,13 +113,15 @@ def check_resume_config(
     """The allowed changes; raises ResumeConfigError listing the refused ones."""
     refused, allowed = config_changes(saved, new, saved_world_size, world_size)
     if refused:
+        keep = " ".join(f"{k}={_yaml(a)}" for k, (a, _) in refused.items() if k in saved)
         raise ResumeConfigError(
             f"cannot resume {run_dir}: the config differs from the one its checkpoints were "
             f"trained with in keys that change the model, method, data order or optimizer "
             f"state:\n{format_changes(refused)}",
             hint=(
                 "start a new run (run.dir=<new directory>), or resume with the saved config "
-                f"(drop these overrides; it is in {Path(run_dir) / 'config.yaml'})"
+                f"(drop these overrides, or pass the saved values: {keep}; the saved config is "
+                f"{Path(run_dir) / 'config.yaml'})"
             ),
         )
     return allowed

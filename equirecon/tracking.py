@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - not POSIX: no lock
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run_id"
+STORE_FILE = "mlflow_tracking_uri"  # the store that holds the run of RUN_ID_FILE
 DEFAULT_STORE = "mlflow.db"  # in the current working directory, like MLflow's own ./mlruns
 _SQLITE = "sqlite:///"
 
@@ -35,6 +36,18 @@ def resolve_tracking_uri(uri: str = "") -> str:
     """`uri`, else $MLFLOW_TRACKING_URI, else `sqlite:///<current directory>/mlflow.db`
     (absolute, so every process of a run, and the printed `mlflow ui` command, agree)."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"{_SQLITE}{Path.cwd() / DEFAULT_STORE}"
+
+
+def run_tracking_uri(run_dir: str | Path, uri: str = "") -> str:
+    """The store of the MLflow run of `run_dir`: `uri` if given, else the one its run was
+    created in (`RUN_DIR/mlflow_tracking_uri`, so a resume or an eval started from another
+    directory finds it), else `resolve_tracking_uri()`."""
+    if uri:
+        return uri
+    recorded = Path(run_dir) / STORE_FILE
+    if recorded.is_file() and (Path(run_dir) / RUN_ID_FILE).is_file():
+        return recorded.read_text().strip() or resolve_tracking_uri()
+    return resolve_tracking_uri()
 
 
 def describe_tracking(uri: str) -> str:
@@ -128,7 +141,7 @@ class Tracker:
     ) -> None:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
-        self.uri = resolve_tracking_uri(uri)
+        self.uri = run_tracking_uri(self.run_dir, uri)
         self.experiment = experiment
         self.run_name = run_name or self.run_dir.name
         self.max_backoff_s = max_backoff_s
@@ -304,10 +317,11 @@ class Tracker:
         exp_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
         run = self.client.create_run(exp_id, run_name=self.run_name)
         self.run_id = run.info.run_id
-        id_file = self.run_dir / RUN_ID_FILE
-        tmp = id_file.with_suffix(".tmp")
-        tmp.write_text(self.run_id + "\n")
-        os.replace(tmp, id_file)
+        for name, text in ((STORE_FILE, self.uri), (RUN_ID_FILE, self.run_id)):  # id last
+            path = self.run_dir / name
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text + "\n")
+            os.replace(tmp, path)
 
     def _save_pending(self) -> None:
         path = self.run_dir / self.PENDING_FILE
@@ -338,7 +352,7 @@ def log_to_existing_run(
         log.warning("%s has no %s: eval metrics are only written to files", run_dir, RUN_ID_FILE)
         return None
     run_id = id_file.read_text().strip()
-    client = _client(resolve_tracking_uri(uri))
+    client = _client(run_tracking_uri(run_dir, uri))
     import time
 
     from mlflow.entities import Metric

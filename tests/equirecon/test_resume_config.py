@@ -54,6 +54,10 @@ def test_changes_to_what_the_checkpoint_holds_refuse(saved: dict, override: str)
     assert table[0].split() == ["key", "saved", "now"]
     assert any(row.split()[0] == key for row in table[1:]), message
     assert "run.dir=" in info.value.hint and "drop these overrides" in info.value.hint
+    assert f"{key}=" in info.value.hint  # the saved value, ready to pass
+    if key in ("model.embed_dim", "method.name", "recon.enabled"):
+        spelled = {"model.embed_dim": "128", "method.name": "dinov2", "recon.enabled": "true"}
+        assert f"{key}={spelled[key]}" in info.value.hint
 
 
 @pytest.mark.parametrize(

@@ -78,3 +78,28 @@ def test_two_processes_create_one_new_store(tmp_path: Path) -> None:
     for proc, (_, err) in zip(procs, results):
         assert proc.returncode == 0, err[-3000:]
     assert [json.loads(out) for out, _ in results] == [1, 1]
+
+
+def test_a_run_keeps_its_store_when_used_from_another_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evaluations and resumes started elsewhere log into the store the run was created in."""
+    import mlflow
+
+    from equirecon.tracking import Tracker, log_to_existing_run
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    tracker = Tracker(run_dir)
+    tracker.log_metrics({"train/loss_total": 2.0}, 1)
+    tracker.finish()
+    monkeypatch.chdir(tmp_path / "b")
+    assert Tracker(run_dir, enabled=False).uri == f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}"
+    run_id = log_to_existing_run(run_dir, {"eval/knn/top1": 50.0}, 1)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}")
+    assert client.get_run(run_id).data.metrics == {"train/loss_total": 2.0, "eval/knn/top1": 50.0}
+    assert not (tmp_path / "b" / "mlflow.db").exists()
