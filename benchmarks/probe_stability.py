@@ -8,7 +8,8 @@ only read differences well above this std.
     python benchmarks/probe_stability.py --config configs/study/base.yaml --seeds 0,1,2 \\
         --transforms rotation,se2 --settings 768x8x30,1536x8x30 [--checkpoint RUN/checkpoints/latest]
 
-A setting is TRAIN_IMAGESxVIEWSxEPOCHS; the test set is `--test-images` images, one view each.
+A setting is TRAIN_IMAGESxVIEWSxEPOCHS; the test set is `--test-images` images, one view each;
+`--repeats R` averages R fits of h per probe seed (as `eval.r2_repeats`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--settings", default="768x8x30")
     parser.add_argument("--test-images", type=int, default=512)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="fits of h per probe seed, averaged (eval.r2_repeats)",
+    )
     parser.add_argument("--features", default=None, help="eval.equivariance_features override")
     parser.add_argument("--view", default=None, help="eval.equivariance_view override")
     parser.add_argument("--data", default=None)
@@ -76,17 +83,18 @@ def main(argv: list[str] | None = None) -> int:
             for label, provider in providers:
                 fn = provider.equivariance_fn(features, e.equivariance_grid)
                 values, t0 = [], time.perf_counter()
-                for seed in (int(s) for s in _split(args.seeds)):
+                for seed in (int(s) * REPEAT_STRIDE for s in _split(args.seeds)):
                     res = equivariance_r2(
                         fn, train_x, test_x, transform, seed=seed, epochs=epochs,
                         hidden=e.r2_hidden, batch_size=e.batch_size, views_per_image=views,
-                        view=view,
+                        view=view, repeats=args.repeats,
                     )  # fmt: skip
                     values.append(res["r2"])
                 row = {
                     "provider": label,
                     "transform": name,
                     "setting": setting,
+                    "repeats": args.repeats,
                     "features": features,
                     "view": view,
                     "r2": values,
@@ -106,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
                     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
                     Path(args.out).write_text(json.dumps(rows, indent=1))
     return 0
+
+
+# Probe seed s fits h with seeds s·REPEAT_STRIDE + r (r < repeats): no fit is shared between seeds.
+REPEAT_STRIDE = 1000
 
 
 def _split(text: str) -> list[str]:

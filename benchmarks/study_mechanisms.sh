@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Mechanism checks of the method-effect study (issue #14, docs/results/study.md), for SETTING:
 #   (a) reference levels of L_recon and the decoder on raw pixels (benchmarks/recon_levels.py),
-#       and reconstruction alone: the +recon config with every SSL weight at 0;
+#       and reconstruction alone: the +recon config with every SSL weight at 0 ("recononly"),
+#       and the same at 4x the learning rate ("recononly_lr4": is the optimization the limit?);
 #   (b) the backbone gradient of λ·L_recon vs L_SSL at every checkpoint of every +recon run,
 #       with reconstruction grids (benchmarks/grad_ratio.py);
 #   (c) K = 1 vs K = 2 (the +recon config with recon.k=1);
@@ -60,9 +61,12 @@ print(load_config(sys.argv[1]).train.max_steps)' "$CFG")
 overrides() {  # the config overrides of one mechanism run
   case "$1" in
     recononly) echo "${NO_SSL[@]}" ;;
+    recononly_lr4) echo "${NO_SSL[@]}" "train.base_lr=$($PY -c 'import sys
+from equirecon.config import load_config
+print(4 * load_config(sys.argv[1]).train.base_lr)' "$CFG")" ;;
     lambda5) echo recon.lambda=5 ;;
     k1) echo recon.k=1 ;;
-    *) echo "unknown mechanism run $1 (recononly, lambda5, k1)" >&2; return 2 ;;
+    *) echo "unknown mechanism run $1 (recononly, recononly_lr4, lambda5, k1)" >&2; return 2 ;;
   esac
 }
 
@@ -95,7 +99,8 @@ done
 
 [[ -f "$OUT/recon_levels.json" ]] || nice -n "$NICE" $PY benchmarks/recon_levels.py \
   --config "$CFG" --steps 600 --out "$OUT/recon_levels.json"
-for run in "$RUNS/${SETTING}"_recon_s* "$RUNS/${SETTING}_recononly_s$SEED" "$RUNS/${SETTING}_k1_s$SEED"; do
+for run in "$RUNS/${SETTING}"_recon_s* "$RUNS/${SETTING}_recononly_s$SEED" "$RUNS/${SETTING}_recononly_lr4_s$SEED" \
+  "$RUNS/${SETTING}_k1_s$SEED"; do
   [[ -d "$run/checkpoints" ]] || continue
   out="$OUT/grad_ratio_$(basename "$run").json"
   [[ -f "$out" ]] || nice -n "$NICE" $PY benchmarks/grad_ratio.py "$run" --batches 4 --out "$out" \

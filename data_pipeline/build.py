@@ -3,7 +3,9 @@
 Layout of ``OUT`` (the same as the demo dataset's, so ``data.path=OUT`` works with both readers)::
 
     OUT/manifest.json                          counts, classes, bytes, bad files (all builds)
-    OUT/<subset>/<split>-%06d.tar              samples: <key>.{jpg|png|webp}, <key>.json, <key>.cls
+    OUT/<subset>/<split>-%06d.tar              samples: <key>.{jpg|png|webp}, <key>.json, <key>.cls,
+                                               and the annotations of dense subsets
+                                               (<key>.seg.png class ids, <key>.depth.png 16-bit)
     OUT/<subset>/<split>-%06d.idx              DALI ``fn.readers.webdataset`` index of that tar
     OUT/<subset>/.build/<split>-%06d.json      per-shard completion record (resume)
 
@@ -12,7 +14,11 @@ sorted by name, label = position, as torchvision's ImageFolder) or any folder/gl
 (``--labels none``). JPEG, PNG and WebP bytes are stored as they are; other formats PIL reads
 (BMP, GIF, TIFF) are re-encoded losslessly as PNG. Every image is fully decoded once, so files
 that are unreadable, truncated or not images despite their extension are left out and listed,
-with the reason, in the manifest.
+with the reason, in the manifest. A source may carry annotation files (a segmentation mask, a
+depth map: ``SourceFile.annotations``); each is decoded and re-encoded by its codec
+(`data_pipeline.annotations`) and must have the image's size, else the sample is left out and
+listed the same way. Standard dataset layouts (ImageNet, ADE20K, VOC, NYU Depth v2, COCO
+images) are turned into such sources by `data_pipeline.formats`, which calls `write_split`.
 
 Resume. Files are sorted, shuffled with ``seed`` (so shards are not sorted by class) and cut
 into shards of about ``shard_size_mb`` of source bytes; this plan depends only on the file list
@@ -47,13 +53,14 @@ from typing import Any
 
 import numpy as np
 
+from data_pipeline.annotations import ANNOTATION_CODECS, mask_classes
 from data_pipeline.shards import ShardWriter, count_samples, split_member_name
 from equirecon.errors import ConfigError, DataError, MissingPathError
 
 logger = logging.getLogger(__name__)
 
 BUILD_FORMAT = "equirecon-shards"
-BUILD_VERSION = 1
+BUILD_VERSION = 1  # the digest of a shard without annotations is unchanged by them
 DALI_INDEX_VERSION = "v1.2"
 DEFAULT_SHARD_SIZE_MB = 256.0
 LABEL_MODES = ("folder", "none")
@@ -68,6 +75,18 @@ class BadImage(Exception):
 
 
 @dataclass(frozen=True)
+class Annotation:
+    """A file stored with an image as member ``ext`` after conversion by codec ``codec``."""
+
+    ext: str
+    path: str
+    rel: str
+    codec: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
 class SourceFile:
     """One candidate image: absolute ``path``, ``rel`` (posix, relative to the source root)."""
 
@@ -76,6 +95,7 @@ class SourceFile:
     size: int
     mtime_ns: int
     label: int | None
+    annotations: tuple[Annotation, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -299,7 +319,9 @@ def plan_shards(
 
 def _digest(files: Sequence[tuple[str, SourceFile]], labels: str) -> str:
     payload = [BUILD_VERSION, labels] + [
-        [key, f.rel, f.size, f.mtime_ns, f.label] for key, f in files
+        [key, f.rel, f.size, f.mtime_ns, f.label]
+        + [[a.ext, a.rel, a.codec, a.size, a.mtime_ns] for a in f.annotations]
+        for key, f in files
     ]
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:32]
 
@@ -340,6 +362,25 @@ def inspect_image(data: bytes) -> tuple[str, bytes, tuple[int, int], str]:
         return "png", buffer.getvalue(), image.size, fmt
 
 
+def _convert_annotation(annotation: Annotation, image_size: tuple[int, int]) -> bytes:
+    """The stored bytes of an annotation file.
+
+    Raises:
+        BadImage: unreadable, not what its codec expects, or not of the image's size.
+    """
+    try:
+        data = Path(annotation.path).read_bytes()
+    except OSError as err:
+        raise BadImage(f"{annotation.rel}: unreadable: {err.strerror or err}") from None
+    try:
+        payload, size = ANNOTATION_CODECS[annotation.codec](data)
+    except ValueError as err:
+        raise BadImage(f"{annotation.rel}: {err}") from None
+    if size != image_size:
+        raise BadImage(f"{annotation.rel}: size {size} differs from the image's {image_size}")
+    return payload
+
+
 _PROGRESS: Any = None  # a multiprocessing queue in pool workers
 
 
@@ -372,6 +413,7 @@ def build_shard(task: ShardTask, progress: Any = None) -> dict[str, Any]:
                 except OSError as err:
                     raise BadImage(f"unreadable: {err.strerror or err}") from None
                 ext, payload, (width, height), fmt = inspect_image(data)
+                extra = {a.ext: _convert_annotation(a, (width, height)) for a in source.annotations}
             except BadImage as err:
                 bad.append({"path": source.rel, "reason": str(err)})
                 continue
@@ -382,10 +424,14 @@ def build_shard(task: ShardTask, progress: Any = None) -> dict[str, Any]:
                 "format": fmt,
                 "bytes": len(data),
             }
-            sample: dict[str, Any] = {"__key__": key, ext: payload, "json": meta}
+            if source.annotations:
+                meta["annotations"] = {a.ext: a.rel for a in source.annotations}
+            sample: dict[str, Any] = {"__key__": key, ext: payload, **extra, "json": meta}
             if source.label is not None:
                 sample["cls"] = source.label
                 class_counts[source.label] += 1
+            if "seg.png" in extra:  # segmentation: images in which each class occurs
+                class_counts.update(mask_classes(extra["seg.png"]))
             sink.write(sample)
             source_bytes += len(data)
         samples = sink.total
@@ -537,6 +583,27 @@ def build_shards(
         This build's manifest entry: counts, classes, bytes, shards, bad and ignored files.
     """
     start = time.perf_counter()
+    _check_names(subset, split, shard_size_mb)
+    root, files, classes, ignored = find_sources(src, labels)
+    return write_split(
+        out,
+        root,
+        files,
+        subset=subset,
+        split=split,
+        src=str(src),
+        labels=labels,
+        classes=classes,
+        ignored=ignored,
+        shard_size_mb=shard_size_mb,
+        workers=workers,
+        seed=seed,
+        progress=progress,
+        start=start,
+    )
+
+
+def _check_names(subset: str, split: str, shard_size_mb: float) -> None:
     if shard_size_mb <= 0:
         raise ConfigError(f"shard_size_mb must be > 0, got {shard_size_mb}")
     for name, value in (("subset", subset), ("split", split)):
@@ -544,9 +611,55 @@ def build_shards(
             raise ValueError(
                 f"{name}={value!r}: use a plain name without '/', '-' or a leading dot"
             )
+
+
+def write_split(
+    out: str | os.PathLike[str],
+    root: Path,
+    files: Sequence[SourceFile],
+    *,
+    subset: str,
+    split: str,
+    src: str,
+    labels: str = "none",
+    classes: Sequence[str] = (),
+    ignored: Sequence[str] = (),
+    unpaired: Sequence[dict[str, str]] = (),
+    subset_info: dict[str, Any] | None = None,
+    source_format: str | None = None,
+    shard_size_mb: float = DEFAULT_SHARD_SIZE_MB,
+    workers: int = 1,
+    seed: int = 0,
+    progress: bool = True,
+    start: float | None = None,
+) -> dict[str, Any]:
+    """Shards ``files`` into ``out/<subset>/<split>-*.tar`` (resumable) and records the build.
+
+    Args:
+        out: dataset root; ``manifest.json`` there gains or replaces the ``<subset>/<split>``
+            build and keeps the others.
+        root: the source root (``SourceFile.rel`` is relative to it).
+        files: the sources, with labels and annotations.
+        subset, split: where the shards go.
+        src: what the user gave as source (recorded).
+        labels: ``folder`` when the files carry class labels, else ``none``.
+        classes: class names (index = label, or = mask value for segmentation).
+        ignored: relative paths left out on purpose (recorded, counted).
+        unpaired: ``{"path", "reason"}`` of sources left out before reading them (an image
+            without its mask); listed with the bad files.
+        subset_info: recorded as ``manifest[subset]`` (e.g. segmentation classes, depth scale).
+        source_format: the ``--format`` the sources were read with (recorded).
+        shard_size_mb, workers, seed, progress: as :func:`build_shards`.
+        start: ``time.perf_counter()`` at the start of the build (for its duration).
+
+    Returns:
+        This build's manifest entry.
+    """
+    start = time.perf_counter() if start is None else start
+    _check_names(subset, split, shard_size_mb)
     out = Path(out)
     manifest = _load_manifest(out)
-    root, files, classes, ignored = find_sources(src, labels)
+    classes, ignored = list(classes), list(ignored)
     plan = plan_shards(files, int(shard_size_mb * 1e6), seed)
     subset_dir = out / subset
     subset_dir.mkdir(parents=True, exist_ok=True)
@@ -582,10 +695,12 @@ def build_shards(
     for record in ordered:
         class_counts.update({int(k): v for k, v in record["class_counts"].items()})
     written = [r for r in ordered if r["samples"] > 0]
-    bad_files = sorted((b for r in ordered for b in r["bad_files"]), key=lambda b: b["path"])
+    bad_files = [b for r in ordered for b in r["bad_files"]] + [dict(u) for u in unpaired]
+    bad_files.sort(key=lambda b: b["path"])
     entry = {
         "complete": True,
         "src": str(src),
+        "format": source_format,
         "root": str(root.absolute()),
         "labels": labels,
         "classes": classes,
@@ -630,6 +745,8 @@ def build_shards(
     ]
     if labels == "folder":
         manifest["classes"] = classes
+    if subset_info is not None:
+        manifest[subset] = subset_info
     manifest["complete"] = all(b.get("complete") for b in manifest["builds"].values())
     tmp = out / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -7,6 +7,8 @@ Layout of ``OUT``::
     OUT/labelled/{train,val}-%06d.tar       Fashion-MNIST (or MNIST-5k) (keys: png, cls, json)
     OUT/segmentation/{train,val}-%06d.tar   scenes of labelled items pasted on photo crops
                                             (keys: png, seg.png = class id per pixel, json)
+    OUT/depth/{train,val}-%06d.tar          rendered photo-textured rooms with boxes
+                                            (keys: png, depth.png = 16-bit mm, json)
 
 Natural photos come from ``skimage.data`` and ``sklearn.datasets.load_sample_images``; a few
 whole photos are held out for ``val``. Labelled images come from the Debian package
@@ -17,6 +19,9 @@ the items is within reach of small models and telling their classes apart is the
 the mask holds 0 for background
 and 1 + class for item pixels (alpha > ``SEG_ALPHA_THRESHOLD``; later items occlude earlier).
 Their counts and shards are under ``manifest["segmentation"]``.
+Depth scenes are ray-cast rooms with boxes, textured with crops of the split's photos, with
+exact per-pixel depth (`data_pipeline.depth_scenes` documents the generator); their counts,
+shards and depth encoding are under ``manifest["depth"]``.
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from data_pipeline.depth_scenes import DEPTH_SCALE, MAX_DEPTH_M, depth_scene_samples
 from data_pipeline.shards import ShardWriter
 
-MANIFEST_VERSION = 2  # 2: the segmentation subset
+MANIFEST_VERSION = 3  # 2: the segmentation subset; 3: the depth subset
 SHARD_MAX_SAMPLES = 1000
 N_VAL_PHOTOS = 4
 CROP_SIDE_FRACTION = (0.25, 0.70)
@@ -64,6 +70,8 @@ SEG_ALPHA_THRESHOLD = 0.3
 SEG_BACKGROUND_GAIN = 0.5  # photo backgrounds are darkened ...
 SEG_ITEM_COLOUR = (0.5, 1.0)  # ... and items tinted with a bright colour
 SEG_PER_LABELLED = 5  # default scene counts: labelled_train // 5 and labelled_val // 5
+# Default depth scene counts: labelled_train // 20 and labelled_val // 10 (300 / 100 in the demo).
+DEPTH_PER_LABELLED = {"train": 20, "val": 10}
 
 _SKIMAGE = "skimage.data"
 _SKIMAGE_DOC = "see its skimage.data docstring and skimage/data/README"
@@ -378,7 +386,8 @@ def _read_complete_manifest(out: Path, params: dict[str, Any]) -> dict[str, Any]
     if not manifest.get("complete") or manifest.get("params") != params:
         return None
     subsets = list(manifest.get("shards", {}).values())
-    subsets += [manifest["segmentation"]["shards"]] if manifest.get("segmentation") else []
+    for dense in ("segmentation", "depth"):
+        subsets += [manifest[dense]["shards"]] if manifest.get(dense) else []
     for subset in subsets:
         for shard_list in subset.values():
             if not all((out / shard).is_file() for shard in shard_list):
@@ -392,7 +401,7 @@ def _check_replaceable(out: Path) -> None:
         return
     if not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder; choose another output path")
-    ours = {"manifest.json", "natural", "labelled", "segmentation"}
+    ours = {"manifest.json", "natural", "labelled", "segmentation", "depth"}
     foreign = sorted({p.name for p in out.iterdir()} - ours)
     if foreign:
         raise FileExistsError(
@@ -425,6 +434,9 @@ def build_demo(
     segmentation: bool = True,
     segmentation_train: int | None = None,
     segmentation_val: int | None = None,
+    depth: bool = True,
+    depth_train: int | None = None,
+    depth_val: int | None = None,
 ) -> dict[str, Any]:
     """Builds the demo dataset in ``out`` (deterministic given the arguments; offline).
 
@@ -441,6 +453,9 @@ def build_demo(
         segmentation_train: train scenes; None: ``labelled_train // 5``.
         segmentation_val: val scenes (items of the labelled val split on held-out photos);
             None: ``labelled_val // 5``.
+        depth: also build the depth subset (rendered scenes, `data_pipeline.depth_scenes`).
+        depth_train: train depth scenes (train photos as textures); None: ``labelled_train // 20``.
+        depth_val: val depth scenes (held-out photos); None: ``labelled_val // 10``.
 
     Returns:
         The manifest (also written to ``out/manifest.json``). If ``out`` already holds a
@@ -467,6 +482,14 @@ def build_demo(
             if segmentation_val is None
             else segmentation_val,
         }
+    if depth:
+        given = {"train": depth_train, "val": depth_val}
+        params["depth"] = {
+            split: max(1, base // DEPTH_PER_LABELLED[split])
+            if given[split] is None
+            else given[split]
+            for split, base in (("train", labelled_train), ("val", labelled_val))
+        }
     existing = _read_complete_manifest(out, params)
     if existing is not None:
         print(f"demo: {out} is already built with the same parameters; nothing to do")
@@ -474,8 +497,8 @@ def build_demo(
 
     _check_replaceable(out)
     start = time.perf_counter()
-    rng_val, rng_train, rng_valcrops, rng_labelled, rng_scenes = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)
+    rng_val, rng_train, rng_valcrops, rng_labelled, rng_scenes, rng_depth = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)
     )
     photos = load_photos()
     candidates = [p.name for p in photos if p.name in VAL_CANDIDATES]
@@ -538,6 +561,31 @@ def build_demo(
                 "items": labelled.name,
             }
 
+        depth_manifest = None
+        if depth:
+            depth_shards: dict[str, list[str]] = {}
+            depth_counts: dict[str, int] = {}
+            for split in ("train", "val"):
+                pattern = tmp / "depth" / f"{split}-%06d.tar"
+                textures = [p.image for p in by_split[split]]
+                with ShardWriter(pattern, SHARD_MAX_SAMPLES) as sink:
+                    for sample in depth_scene_samples(
+                        textures, params["depth"][split], crop_px, split, rng_depth
+                    ):
+                        sink.write(sample)
+                depth_shards[split] = [str(Path(s).relative_to(tmp)) for s in sink.shards]
+                depth_counts[split] = sink.total
+            depth_manifest = {
+                "counts": depth_counts,
+                "shards": depth_shards,
+                "scene_px": crop_px,
+                "unit": "mm",
+                "scale": DEPTH_SCALE,
+                "min_depth_m": 1e-3,
+                "max_depth_m": MAX_DEPTH_M,
+                "generator": "data_pipeline.depth_scenes",
+            }
+
         manifest = {
             "format": "equirecon-demo",
             "complete": True,
@@ -551,6 +599,7 @@ def build_demo(
             "photos": {split: [p.name for p in ps] for split, ps in by_split.items()},
             "val_photos": val_names,
             "segmentation": seg_manifest,
+            "depth": depth_manifest,
             "sources": {
                 "photos": [
                     {

@@ -757,26 +757,34 @@ def _resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def load_images(
+def iter_images(
     path: str,
     subset: str,
     split: str,
     size: int,
     with_labels: bool,
     max_images: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Every decodable sample in shard order, resized and normalized (no augmentation).
+    batch_size: int = 256,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Every decodable sample in shard order, resized and normalized, in batches.
+
+    Only one batch of pixels is in memory at a time, so features of datasets far larger than
+    memory (ImageNet) can be extracted (`evals.run`).
 
     Args:
         path: dataset root, folder of shards or glob (see :func:`resolve_shards`).
         subset: subset of a dataset root.
         split: split of a dataset root.
         size: output side; shorter side resized to ``size`` (bicubic), then center-cropped.
-        with_labels: also return ``cls`` labels (samples without one are skipped).
+        with_labels: also yield ``cls`` labels (samples without one are skipped).
         max_images: stop after this many images.
+        batch_size: images per yielded batch (the last may hold fewer).
 
-    Returns:
-        images (N, 3, size, size) float32 ImageNet-normalized, labels (N,) int64 or None.
+    Yields:
+        images (B, 3, size, size) float32 ImageNet-normalized, labels (B,) int64 or None.
+
+    Raises:
+        RuntimeError: no decodable image at all.
     """
     shards = resolve_shards(path, subset=subset, split=split)
     stream = ShardSampleStream(shards, num_workers=1, shuffle=False)
@@ -784,8 +792,14 @@ def load_images(
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     images: list[torch.Tensor] = []
     labels: list[int] = []
+    total = 0
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor | None]:
+        pixels = torch.stack(images).float().div_(255.0).sub_(mean).div_(std)
+        return pixels, (torch.tensor(labels, dtype=torch.int64) if with_labels else None)
+
     for sample in stream.iter_raw(0, 0):
-        if max_images is not None and len(images) >= max_images:
+        if max_images is not None and total >= max_images:
             break
         try:
             image = decode_image(sample)
@@ -796,12 +810,36 @@ def load_images(
         pixels = np.asarray(_resize_center_crop(image, size), dtype=np.uint8)
         images.append(torch.from_numpy(pixels.copy()).permute(2, 0, 1))
         labels.append(label)
+        total += 1
+        if len(images) == batch_size:
+            yield batch()
+            images, labels = [], []
+    if images:
+        yield batch()
     if stream.skipped:
-        logger.warning("load_images(%s): skipped %s", path, dict(stream.skipped_by_reason))
-    if not images:
+        logger.warning("iter_images(%s): skipped %s", path, dict(stream.skipped_by_reason))
+    if not total:
         raise DataError(f"no decodable image in shards {_short_list(shards)}")
-    batch = torch.stack(images).float().div_(255.0).sub_(mean).div_(std)
-    return batch, (torch.tensor(labels, dtype=torch.int64) if with_labels else None)
+
+
+def load_images(
+    path: str,
+    subset: str,
+    split: str,
+    size: int,
+    with_labels: bool,
+    max_images: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Every decodable sample in shard order, resized and normalized (no augmentation).
+
+    Args: as :func:`iter_images`.
+
+    Returns:
+        images (N, 3, size, size) float32 ImageNet-normalized, labels (N,) int64 or None.
+    """
+    batches = list(iter_images(path, subset, split, size, with_labels, max_images))
+    images = torch.cat([b[0] for b in batches])
+    return images, (torch.cat([b[1] for b in batches]) if with_labels else None)
 
 
 __all__ = [
@@ -814,5 +852,6 @@ __all__ = [
     "decode_image",
     "decode_label",
     "derive_seed",
+    "iter_images",
     "load_images",
 ]

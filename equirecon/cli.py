@@ -15,27 +15,64 @@ def _cmd_data(args: argparse.Namespace) -> int:
     if args.data_cmd == "build-demo":
         from data_pipeline.demo import build_demo
 
-        manifest = build_demo(args.out, seed=args.seed, segmentation=not args.no_segmentation)
+        manifest = build_demo(
+            args.out,
+            seed=args.seed,
+            segmentation=not args.no_segmentation,
+            depth=not args.no_depth,
+        )
         counts = dict(manifest.get("counts", {}))
-        if manifest.get("segmentation"):
-            counts["segmentation"] = manifest["segmentation"]["counts"]
+        for dense in ("segmentation", "depth"):
+            if manifest.get(dense):
+                counts[dense] = manifest[dense]["counts"]
         print(f"demo shards in {args.out}: {json.dumps(counts)}")
         return 0
+    if args.data_cmd == "build" and args.format:
+        return _convert_layout(args)
     if args.data_cmd == "build":
         from data_pipeline.build import build_shards
 
         build_shards(
             args.src,
             args.out,
-            labels=args.labels,
+            labels=args.labels or "none",
             shard_size_mb=args.shard_size_mb,
             workers=args.workers,
-            subset=args.subset,
-            split=args.split,
+            subset=args.subset or "natural",
+            split=args.split or "train",
             seed=args.seed,
         )
         return 0  # a build without any readable image raises DataError
     raise SystemExit(f"unknown data command {args.data_cmd!r}")
+
+
+def _convert_layout(args: argparse.Namespace) -> int:
+    """`data build --format F`: a standard dataset layout -> shards of every split it has."""
+    from data_pipeline.formats import convert
+
+    given = [f"--{n}" for n in ("labels", "subset", "split") if getattr(args, n) is not None]
+    if given:
+        raise SystemExit(
+            f"data build --format {args.format}: the layout sets labels, subsets and splits; "
+            f"drop {' '.join(given)}"
+        )
+    try:
+        entries = convert(
+            args.format,
+            args.src,
+            args.out,
+            shard_size_mb=args.shard_size_mb,
+            workers=args.workers,
+            seed=args.seed,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"data build --format {args.format}: {err}") from None
+    for name, entry in entries.items():
+        print(
+            f"{name}: {entry['num_samples']} samples, {entry['num_bad']} bad or unpaired files, "
+            f"{len(entry['classes'])} classes"
+        )
+    return 0 if entries and all(e["num_samples"] > 0 for e in entries.values()) else 1
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -116,6 +153,7 @@ def _cmd_eval_watch(args: argparse.Namespace) -> int:
         eval_fn=load_eval_fn(args.eval_fn) if args.eval_fn else None,
         handle_signals=True,
         overrides=args.overrides,
+        config=args.config,
         max_attempts=args.max_attempts,
         max_parallel=args.max_parallel,
         executor_options=options,
@@ -254,16 +292,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--no-segmentation", action="store_true", help="skip the segmentation scenes subset"
     )
+    demo.add_argument("--no-depth", action="store_true", help="skip the rendered depth subset")
     build = data_cmds.add_parser(
         "build", help="WebDataset shards + DALI indexes from image folders (resumable)"
     )
-    build.add_argument("--src", required=True, help="folder or glob of JPEG/PNG/WebP images")
+    build.add_argument(
+        "--src",
+        required=True,
+        help="folder or glob of JPEG/PNG/WebP images; with --format: the dataset's root folder",
+    )
     build.add_argument("--out", required=True, help="dataset root (manifest.json, shards)")
-    build.add_argument("--labels", choices=("folder", "none"), default="none")
+    build.add_argument(
+        "--format",
+        choices=("imagefolder", "ade20k", "voc", "nyu-depth", "images"),
+        default=None,
+        help="read a standard layout (ImageNet folders, ADE20K, Pascal VOC, NYU Depth v2, plain "
+        "or COCO image folders) and write every split it has (see data_pipeline/formats)",
+    )
+    build.add_argument("--labels", choices=("folder", "none"), default=None, help="default: none")
     build.add_argument("--shard-size-mb", type=float, default=256.0)
     build.add_argument("--workers", type=int, default=1, help="parallel processes")
-    build.add_argument("--subset", default="natural", help="natural (pretraining) | labelled")
-    build.add_argument("--split", default="train")
+    build.add_argument("--subset", default=None, help="natural (pretraining, default) | labelled")
+    build.add_argument("--split", default=None, help="default: train")
     build.add_argument("--seed", type=int, default=0, help="seed of the file order")
     data.set_defaults(func=_cmd_data)
 
@@ -284,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--tasks",
         default="",
-        help="comma-separated, or all: equivariance,knn,linear,homography,segmentation "
+        help="comma-separated, or all: equivariance,knn,linear,homography,segmentation,depth "
         "(default: eval.tasks)",
     )
     ev.add_argument("--data", default=None, help="dataset root (default: the run's data.path)")
@@ -321,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     wa.add_argument("--account", default=None, help="Slurm account")
     wa.add_argument(
         "--eval-fn", default=None, help="module:function evaluating one checkpoint path"
+    )
+    wa.add_argument(
+        "--config",
+        default=None,
+        help="take eval.* settings from this YAML config (e.g. configs/eval/imagenet_linear.yaml)",
     )
     wa.add_argument("--stop-with-parent", type=int, default=None, help=argparse.SUPPRESS)
     wa.add_argument("overrides", nargs="*", help="eval.* overrides for every eval job")

@@ -246,11 +246,14 @@ class EvalConfig:
     """
 
     data: str = ""  # "" -> data.path
-    tasks: str = "equivariance,knn,linear,homography,segmentation"  # or "all"
+    tasks: str = "equivariance,knn,linear,homography,segmentation,depth"  # or "all"
     img_size: int | None = None  # None: data.global_size
     seed: int = 0  # θ draws, splits, head initializations, batch order
     pooling: str = "cls+mean"  # global feature: cls | cls+mean | mean
     batch_size: int = 256  # images per feature-extraction batch
+    # Features of the last n transformer blocks, concatenated (DINOv2's n_last_blocks): the
+    # global feature pools each of them as eval.pooling, the patch grid stacks their channels.
+    feature_layers: int = 1
     # Equivariance R² (natural subset): transforms, images, views, the MLP h.
     equivariance_transforms: str = "rotation,translation,se2,color,blur"
     # What h reads of f(I) and f(g(I)): "global" = the eval.pooling vector ([CLS; mean patch]),
@@ -289,6 +292,11 @@ class EvalConfig:
     segmentation_test_images: int = 400
     segmentation_epochs: int = 20
     segmentation_lr: float = 0.01
+    # Linear depth (depth subset: demo's rendered rooms or NYU Depth v2). 0: every image.
+    depth_train_images: int = 300
+    depth_test_images: int = 100
+    depth_epochs: int = 20
+    depth_lr: float = 0.01
     # Watch RUN_DIR/checkpoints while pretraining (rank 0 starts `equirecon eval watch`).
     watch: bool = False
     watch_poll_seconds: float = 30.0
@@ -552,7 +560,7 @@ def _float_list(v: str) -> bool:
     return bool(values) and all(x > 0 for x in values)
 
 
-EVAL_TASKS = ("equivariance", "knn", "linear", "homography", "segmentation")
+EVAL_TASKS = ("equivariance", "knn", "linear", "homography", "segmentation", "depth")
 POSITIVE, NON_NEGATIVE = _ge(1), _ge(0)
 UNIT, PROBABILITY = _within(0, 1, low_open=True), _within(0, 1)
 
@@ -631,6 +639,7 @@ VALUE_CHECKS: tuple[tuple[str, Rule], ...] = (
     ("eval.img_size", POSITIVE),
     ("eval.pooling", _one_of(POOLINGS)),
     ("eval.batch_size", POSITIVE),
+    ("eval.feature_layers", POSITIVE),
     ("eval.equivariance_transforms", _name_list(TRANSFORMS)),
     ("eval.equivariance_features", _one_of(EQUIVARIANCE_FEATURES)),
     ("eval.equivariance_grid", NON_NEGATIVE),
@@ -658,6 +667,10 @@ VALUE_CHECKS: tuple[tuple[str, Rule], ...] = (
     ("eval.segmentation_test_images", NON_NEGATIVE),
     ("eval.segmentation_epochs", POSITIVE),
     ("eval.segmentation_lr", _gt(0)),
+    ("eval.depth_train_images", NON_NEGATIVE),
+    ("eval.depth_test_images", NON_NEGATIVE),
+    ("eval.depth_epochs", POSITIVE),
+    ("eval.depth_lr", _gt(0)),
     ("eval.watch_poll_seconds", _gt(0)),
     ("eval.watch_timeout_min", POSITIVE),
 )

@@ -76,7 +76,9 @@ class BackboneFeatures(FeatureProvider):
     """A ViT backbone returning tokens (B, P + N, D) (CLS first, P prefix tokens).
 
     Global feature: `pooling` of `evals.features.backbone_feature_fn` ([CLS; mean patch] by
-    default). Patch features: the N patch tokens on their (H/p, W/p) grid. With a `split_head`
+    default). Patch features: the N patch tokens on their (H/p, W/p) grid. With
+    `feature_layers` n > 1 both come from the last n blocks (each normed), concatenated along
+    the feature dim (DINOv2's linear protocols). With a `split_head`
     (a `pretrain.models.heads.SplitHead`, recon on), `equi_features` is its z_equi slice of the
     tokens, pooled as `pooling`.
     """
@@ -87,7 +89,11 @@ class BackboneFeatures(FeatureProvider):
         name: str = "backbone",
         pooling: str = "cls+mean",
         split_head: nn.Module | None = None,
+        feature_layers: int = 1,
     ):
+        if feature_layers < 1:
+            raise ValueError(f"eval.feature_layers must be >= 1, got {feature_layers}")
+        self.feature_layers = int(feature_layers)
         self.backbone = backbone.eval()
         self.split_head = split_head.eval() if split_head is not None else None
         self.pooling = pooling
@@ -97,10 +103,28 @@ class BackboneFeatures(FeatureProvider):
         self._global = backbone_feature_fn(backbone, pooling, self.num_prefix_tokens)
 
     def global_features(self, images: Tensor) -> Tensor:
-        return self._global(images)
+        if self.feature_layers == 1:
+            return self._global(images)
+        return torch.cat([self._pool(t) for t in self._last_layers(images)], 1)
 
     def patch_features(self, images: Tensor) -> Tensor:
-        return self._patch_grid(self.backbone(images), images.shape)
+        if self.feature_layers == 1:
+            return self._patch_grid(self.backbone(images), images.shape)
+        grids = [self._patch_grid(t, images.shape) for t in self._last_layers(images)]
+        return torch.cat(grids, 1)
+
+    def _last_layers(self, images: Tensor) -> list[Tensor]:
+        if not hasattr(self.backbone, "last_layers"):
+            raise ValueError(
+                f"eval.feature_layers={self.feature_layers} needs a backbone with last_layers "
+                f"(pretrain.models.backbone.Backbone), got {type(self.backbone).__name__}"
+            )
+        return self.backbone.last_layers(images, self.feature_layers)
+
+    def _pool(self, tokens: Tensor) -> Tensor:
+        """Tokens (B, P + N, D) -> the `pooling` vector of one layer."""
+        cls, patch_mean = tokens[:, 0], tokens[:, self.num_prefix_tokens :].mean(dim=1)
+        return {"cls": cls, "mean": patch_mean}.get(self.pooling, torch.cat([cls, patch_mean], 1))
 
     def equi_features(self, images: Tensor) -> Tensor:
         if self.split_head is None:
@@ -188,6 +212,7 @@ def build_provider(
     seed: int = 0,
     pooling: str = "cls+mean",
     split_head: nn.Module | None = None,
+    feature_layers: int = 1,
 ) -> FeatureProvider:
     """The provider of a loaded backbone, or of a floor with the backbone's shape.
 
@@ -198,14 +223,17 @@ def build_provider(
         pooling: global pooling of ViT tokens (see `backbone_feature_fn`).
         split_head: the trained split head (recon on), read by `equi_features`; the random
             floor gets a re-initialized copy.
+        feature_layers: concatenate the features of this many last blocks (ViT providers).
     """
     if floor is None:
-        return BackboneFeatures(backbone, "backbone", pooling, split_head)
+        return BackboneFeatures(backbone, "backbone", pooling, split_head, feature_layers)
     if floor == "pixels":
         return PixelFeatures(int(backbone.patch_size))
     if floor == "random":
         head = random_split_head_like(split_head, seed) if split_head is not None else None
-        return BackboneFeatures(random_like(backbone, seed), "random", pooling, head)
+        return BackboneFeatures(
+            random_like(backbone, seed), "random", pooling, head, feature_layers
+        )
     raise ValueError(f"unknown floor {floor!r}; choose one of {list(FLOORS)}")
 
 

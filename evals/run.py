@@ -6,6 +6,7 @@ Tasks (metric names as in DESIGN §5):
 - linear: `eval/linear/top1` (evals/linear.py)
 - homography: `eval/homography/mce` (evals/homography.py)
 - segmentation: `eval/segmentation/miou` (evals/segmentation.py)
+- depth: `eval/depth/rmse`, `eval/depth/abs_rel`, `eval/depth/delta1` (evals/depth.py)
 
 A checkpoint's results go to `RUN_DIR/evals/step_XXXXXXXX.json` and into the run's MLflow run at
 the checkpoint's step; a floor's to `RUN_DIR/evals/floor_<name>.json` (files only).
@@ -239,22 +240,34 @@ def _task_equivariance(provider: FeatureProvider, ctx: EvalContext) -> TaskResul
 
 
 def _labelled_features(provider: FeatureProvider, ctx: EvalContext) -> tuple[torch.Tensor, ...]:
-    """(train feats, train labels, test feats, test labels), shared by kNN and the linear probe."""
+    """(train feats, train labels, test feats, test labels), shared by kNN and the linear probe.
+
+    Images are decoded and passed through the model batch by batch (only features are kept),
+    so the labelled set may be far larger than memory (ImageNet with `*_images: 0`).
+    """
     key = ("labelled_features", id(provider))
     if key not in ctx.cache:
+        from data_pipeline.reader import iter_images
         from evals.features import extract_features
 
         e = ctx.cfg
-        train_x, train_y = ctx.images(
-            "labelled", "train", ctx.img_size, e.labelled_train_images, True
-        )
-        test_x, test_y = ctx.images("labelled", "val", ctx.img_size, e.labelled_test_images, True)
-        desc = "labelled features" if ctx.progress else None
-        f_train = extract_features(
-            provider.global_features, train_x, e.batch_size, ctx.device, desc
-        )
-        f_test = extract_features(provider.global_features, test_x, e.batch_size, ctx.device, desc)
-        ctx.cache[key] = (f_train, train_y, f_test, test_y)
+        out: list[torch.Tensor] = []
+        for split, limit in (("train", e.labelled_train_images), ("val", e.labelled_test_images)):
+            batches = iter_images(
+                ctx.data, "labelled", split, ctx.img_size, True, limit or None, e.batch_size
+            )
+            if ctx.progress:
+                from tqdm.auto import tqdm
+
+                batches = tqdm(batches, desc=f"labelled {split} features", unit="batch")
+            feats, labels = [], []
+            for images, y in batches:
+                feats.append(
+                    extract_features(provider.global_features, images, e.batch_size, ctx.device)
+                )
+                labels.append(y)
+            out += [torch.cat(feats), torch.cat(labels)]
+        ctx.cache[key] = tuple(out)
     return ctx.cache[key]
 
 
@@ -335,12 +348,37 @@ def _task_segmentation(provider: FeatureProvider, ctx: EvalContext) -> TaskResul
     return {"eval/segmentation/miou": float(res["miou"])}, res
 
 
+def _task_depth(provider: FeatureProvider, ctx: EvalContext) -> TaskResult:
+    from evals.depth import depth_linear, depth_settings, load_depth
+
+    e, size = ctx.cfg, ctx.img_size
+    train_x, train_y = load_depth(ctx.data, "train", size, e.depth_train_images or None)
+    test_x, test_y = load_depth(ctx.data, "val", size, e.depth_test_images or None)
+    settings = depth_settings(ctx.data)
+    res = depth_linear(
+        provider,
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        epochs=e.depth_epochs,
+        lr=e.depth_lr,
+        min_depth_m=settings["min_depth_m"],
+        max_depth_m=settings["max_depth_m"],
+        seed=e.seed,
+        device=ctx.device,
+    )
+    metrics = {f"eval/depth/{name}": float(res[name]) for name in ("rmse", "abs_rel", "delta1")}
+    return metrics, {**res, **settings}
+
+
 TASKS: dict[str, Callable[[FeatureProvider, EvalContext], TaskResult]] = {
     "equivariance": _task_equivariance,
     "knn": _task_knn,
     "linear": _task_linear,
     "homography": _task_homography,
     "segmentation": _task_segmentation,
+    "depth": _task_depth,
 }
 
 
@@ -473,7 +511,12 @@ def evaluate_checkpoint(
     data = data or e.data or cfg.data.path
     backbone, split_head, cfg = load_teacher_encoder(ckpt, cfg)
     provider = build_provider(
-        backbone, floor, seed=e.seed, pooling=e.pooling, split_head=split_head
+        backbone,
+        floor,
+        seed=e.seed,
+        pooling=e.pooling,
+        split_head=split_head,
+        feature_layers=e.feature_layers,
     )
     step = checkpoint_step(ckpt)
     run_dir = ckpt.parent.parent
@@ -523,7 +566,9 @@ def evaluate_export(
     task_list = parse_tasks(tasks, e.tasks)
     backbone = load_exported_backbone(export_dir)
     meta = json.loads((export_dir / CONFIG).read_text())
-    provider = build_provider(backbone, floor, seed=e.seed, pooling=e.pooling)
+    provider = build_provider(
+        backbone, floor, seed=e.seed, pooling=e.pooling, feature_layers=e.feature_layers
+    )
     t0 = time.perf_counter()
     outcome = run_tasks(
         provider, e, task_list, data, e.img_size or int(meta["model_args"]["img_size"]),

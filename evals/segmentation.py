@@ -4,11 +4,13 @@ Protocol: a 1×1 convolution (a linear map per patch) turns the frozen patch fea
 (B, D, h, w) into class logits (B, C, h, w), which are bilinearly upsampled to the pixels and
 trained with per-pixel cross-entropy. Metric: mean IoU over the classes, background included;
 a class that is absent from both the predictions and the targets of the whole test set is left
-out of the mean (its IoU is undefined). Features are standardized per channel with train
-statistics; Adam with a cosine schedule.
+out of the mean (its IoU is undefined). Pixels labelled `IGNORE_INDEX` (255: VOC's object
+borders, ADE20K's unlabelled pixels) are neither trained on nor scored. Features are
+standardized per channel with train statistics; Adam with a cosine schedule.
 
-Data: `<root>/segmentation/{train,val}-*.tar` shards (see `data_pipeline.demo`), each sample an
-RGB scene (`png`) and its per-pixel class ids (`seg.png`, 0 = background).
+Data: `<root>/segmentation/{train,val}-*.tar` shards (see `data_pipeline.demo`, or
+`equirecon data build --format ade20k|voc`), each sample an RGB image (`png` or `jpg`) and its
+per-pixel class ids (`seg.png`, 8-bit). Images and masks are resized to a square side.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from data_pipeline.annotations import IGNORE_INDEX
 from data_pipeline.batch import IMAGENET_MEAN, IMAGENET_STD
+from data_pipeline.reader import SkipSample, decode_image
 from data_pipeline.shards import iter_shard_samples, resolve_shards
 from evals.providers import FeatureProvider, extract_patch_features
 
@@ -50,7 +54,7 @@ def load_segmentation(
     Args:
         path: dataset root holding `segmentation/<split>-*.tar`.
         split: "train" or "val".
-        size: output side; images are resized bicubic, masks nearest (scenes are square).
+        size: output side; images are resized bicubic, masks nearest.
         max_images: stop after this many scenes.
 
     Returns:
@@ -60,19 +64,24 @@ def load_segmentation(
         shards = resolve_shards(str(path), subset=SUBSET, split=split)
     except FileNotFoundError as err:
         raise FileNotFoundError(
-            f"{err}. The segmentation task needs the demo's segmentation subset: rebuild the "
-            f"dataset with `equirecon data build-demo --out {path}`"
+            f"{err}. The segmentation task needs a segmentation subset: rebuild the demo with "
+            f"`equirecon data build-demo --out {path}` or convert ADE20K / Pascal VOC with "
+            f"`equirecon data build --format ade20k|voc --src ROOT --out {path}`"
         ) from None
     images, masks = [], []
     samples = (sample for shard in shards for sample in iter_shard_samples(shard))
     for sample in itertools.islice(samples, max_images):
-        if "png" not in sample or MASK_KEY not in sample:
-            raise ValueError(
-                f"segmentation sample {sample.get('__key__')} in {sample.get('__shard__')} lacks "
-                f"png or {MASK_KEY} (found {sorted(k for k in sample if not k.startswith('__'))})"
-            )
-        image = Image.open(io.BytesIO(sample["png"])).convert("RGB")
+        where = f"segmentation sample {sample.get('__key__')} in {sample.get('__shard__')}"
+        found = sorted(k for k in sample if not k.startswith("__"))
+        if MASK_KEY not in sample:
+            raise ValueError(f"{where} lacks {MASK_KEY} (found {found})")
+        try:
+            image = decode_image(sample)
+        except SkipSample as err:
+            raise ValueError(f"{where}: no readable image ({err.args[0]}; found {found})") from None
         mask = Image.open(io.BytesIO(sample[MASK_KEY]))
+        if mask.size != image.size:
+            raise ValueError(f"{where}: mask {mask.size} and image {image.size} differ in size")
         if image.size != (size, size):
             image = image.resize((size, size), Image.Resampling.BICUBIC)
             mask = mask.resize((size, size), Image.Resampling.NEAREST)
@@ -87,8 +96,11 @@ def load_segmentation(
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
-    """(C, C) int64 counts, rows = target class, columns = predicted class."""
-    index = target.reshape(-1).long() * num_classes + pred.reshape(-1).long()
+    """(C, C) int64 counts, rows = target class, columns = predicted class; target pixels of
+    `IGNORE_INDEX` are left out."""
+    target, pred = target.reshape(-1).long(), pred.reshape(-1).long()
+    keep = target != IGNORE_INDEX
+    index = target[keep] * num_classes + pred[keep]
     return torch.bincount(index, minlength=num_classes**2).view(num_classes, num_classes)
 
 
@@ -126,7 +138,7 @@ def segmentation_miou(
         provider: frozen features, patch grid (B, D, h, w) of (B, 3, H, W) images.
         train_images: (N, 3, H, W) normalized scenes; train_masks (N, H, W) class ids.
         test_images: (M, 3, H, W); test_masks (M, H, W).
-        num_classes: C incl. background; None: max id + 1 over both sets.
+        num_classes: C incl. background; None: max id + 1 over both sets (255 = ignored).
         epochs: passes of Adam over the train scenes.
         lr: Adam learning rate (cosine decay).
         batch_size: scenes per step.
@@ -138,7 +150,8 @@ def segmentation_miou(
         "n_train", "n_test"}.
     """
     if num_classes is None:
-        num_classes = int(max(train_masks.max(), test_masks.max())) + 1
+        labelled = [m[m != IGNORE_INDEX] for m in (train_masks, test_masks)]
+        num_classes = int(max(int(m.max()) if m.numel() else 0 for m in labelled)) + 1
     generator = torch.Generator().manual_seed(seed)
     x_train = extract_patch_features(provider, train_images, batch_size * 4, device)
     x_test = extract_patch_features(provider, test_images, batch_size * 4, device)
@@ -154,8 +167,11 @@ def segmentation_miou(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
     for _ in range(epochs):
         for idx in torch.randperm(x_train.shape[0], generator=generator).split(batch_size):
+            target = train_masks[idx].to(device)
+            if bool((target == IGNORE_INDEX).all()):
+                continue
             logits = _upsample(head(x_train[idx].to(device)), size)
-            loss = F.cross_entropy(logits, train_masks[idx].to(device))
+            loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -66,11 +66,16 @@ def complete_checkpoints(ckpt_root: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def default_eval(checkpoint: str, overrides: list[str] | None = None) -> dict[str, Any]:
-    """The real evaluation (`evals.run.evaluate_checkpoint`): JSON file + MLflow."""
+def default_eval(
+    checkpoint: str, overrides: list[str] | None = None, config: str | None = None
+) -> dict[str, Any]:
+    """The real evaluation (`evals.run.evaluate_checkpoint`): JSON file + MLflow.
+
+    `config`: a YAML file whose eval section replaces the run's (e.g. configs/eval/*.yaml).
+    """
     from evals.run import evaluate_checkpoint
 
-    return evaluate_checkpoint(checkpoint, overrides=overrides)
+    return evaluate_checkpoint(checkpoint, overrides=overrides, config=config)
 
 
 def load_eval_fn(spec: str) -> EvalFn:
@@ -159,6 +164,8 @@ class CheckpointWatcher:
         executor: "local", "slurm", "debug" (in-process, for tests) or a submitit Executor.
         eval_fn: the evaluation of one checkpoint; None: `default_eval` with `overrides`.
         overrides: `eval.*=value` overrides for the default evaluation.
+        config: a YAML config whose eval section the default evaluation uses instead of the
+            run's (an eval protocol such as configs/eval/imagenet_linear.yaml).
         max_attempts: tries per checkpoint (2 = one retry).
         max_parallel: jobs running at once; None: 1 for local/debug, 8 for Slurm.
         poll_seconds: seconds between scans of the checkpoint folder.
@@ -173,6 +180,7 @@ class CheckpointWatcher:
         executor: Any = "local",
         eval_fn: EvalFn | None = None,
         overrides: list[str] | None = None,
+        config: str | Path | None = None,
         max_attempts: int = 2,
         max_parallel: int | None = None,
         poll_seconds: float = 30.0,
@@ -191,7 +199,11 @@ class CheckpointWatcher:
         else:
             self.executor_kind = type(executor).__name__
             self.executor = executor
-        self.eval_fn = eval_fn or functools.partial(default_eval, overrides=overrides)
+        if config is not None:
+            config = str(Path(config).absolute())  # jobs may run elsewhere (Slurm)
+        self.eval_fn = eval_fn or functools.partial(
+            default_eval, overrides=overrides, config=config
+        )
         self.max_attempts = max(1, max_attempts)
         self.max_parallel = max_parallel or (8 if self.executor_kind == "slurm" else 1)
         self.poll_seconds = poll_seconds

@@ -108,6 +108,21 @@ class Backbone(nn.Module):
             x = last(x, rows=rows)
         return vit.norm(x)
 
+    def last_layers(self, images: torch.Tensor, n: int) -> list[torch.Tensor]:
+        """Tokens (B, P + N, D) of each of the last `n` blocks, each after the final norm
+        (DINOv2's `get_intermediate_layers(..., norm=True)`), oldest first."""
+        depth = len(self.vit.blocks)
+        if not 1 <= n <= depth:
+            raise ValueError(f"eval.feature_layers={n}: the backbone has {depth} blocks")
+        vit = self.vit
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
+        outputs = []
+        for index, block in enumerate(vit.blocks):
+            x = block(x)
+            if index >= depth - n:
+                outputs.append(vit.norm(x))
+        return outputs
+
 
 def check_xformers() -> None:
     """Raise a clear error unless xformers can run here (CUDA + an importable xformers)."""

@@ -182,3 +182,22 @@ def test_paper_configs_resolve_to_the_recipes(name: str) -> None:
     if o["head"] is not None:
         assert m.norm_last_layer == o["norm_last_layer"]
         assert (m.head_out_dim, m.head_hidden_dim, m.head_bottleneck_dim) == o["head"]
+
+
+STUDY = sorted({p.name.rsplit("_", 1)[0] for p in (REPO / "configs" / "study").glob("*.yaml")})
+
+
+@pytest.mark.parametrize("setting", STUDY)
+def test_study_pairs_are_one_flag_apart(setting: str) -> None:
+    """The method-effect study compares configs that differ in recon.enabled (and run.dir) only:
+    the same data, model, optimizer, seed and probe (docs/results/study.md)."""
+    from equirecon.config import flat_dict
+
+    base, recon = (
+        flat_dict(load_config(REPO / "configs" / "study" / f"{setting}_{v}.yaml"))
+        for v in ("baseline", "recon")
+    )
+    assert base.keys() == recon.keys()
+    differ = {k for k in base if base[k] != recon[k]}
+    assert differ == {"recon.enabled", "run.dir"}
+    assert (base["recon.enabled"], recon["recon.enabled"]) == (False, True)

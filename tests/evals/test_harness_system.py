@@ -24,6 +24,9 @@ METRICS = {f"eval/equivariance/{t}_r2" for t in TRANSFORMS} | {
     "eval/linear/top1",
     "eval/homography/mce",
     "eval/segmentation/miou",
+    "eval/depth/rmse",
+    "eval/depth/abs_rel",
+    "eval/depth/delta1",
 }
 TINY_EVAL = [
     "eval.tasks=all",
@@ -43,6 +46,9 @@ TINY_EVAL = [
     "eval.segmentation_train_images=20",
     "eval.segmentation_test_images=10",
     "eval.segmentation_epochs=2",
+    "eval.depth_train_images=12",
+    "eval.depth_test_images=8",
+    "eval.depth_epochs=2",
     "eval.batch_size=64",
 ]
 
@@ -52,6 +58,7 @@ def check_metrics(metrics: dict[str, float]) -> None:
     assert all(math.isfinite(v) for v in metrics.values()), metrics
     assert 0 <= metrics["eval/knn/top1"] <= 100 and 0 <= metrics["eval/linear/top1"] <= 100
     assert 0 <= metrics["eval/segmentation/miou"] <= 1 and metrics["eval/homography/mce"] > 0
+    assert metrics["eval/depth/rmse"] > 0 and 0 <= metrics["eval/depth/delta1"] <= 1
 
 
 def test_watch_then_checkpoint_export_and_floors(

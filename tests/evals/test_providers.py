@@ -31,6 +31,25 @@ def test_backbone_patch_features_are_the_patch_tokens_on_their_grid(
     torch.testing.assert_close(pooled[:, :32], tokens[:, 0])
 
 
+def test_feature_layers_concatenate_the_last_blocks(backbone: torch.nn.Module) -> None:
+    images = torch.randn(2, 3, 16, 16)
+    one, two = build_provider(backbone), build_provider(backbone, feature_layers=2)
+    with torch.no_grad():
+        layers = backbone.last_layers(images, 2)  # (2, 1 + 2 + 16, 32) each, normed
+        torch.testing.assert_close(layers[-1], backbone(images))  # the last = the forward
+        grid, pooled = two.patch_features(images), two.global_features(images)
+        grid_one, pooled_one = one.patch_features(images), one.global_features(images)
+    assert grid.shape == (2, 64, 4, 4) and pooled.shape == (2, 128)
+    # Oldest block first: the second half is what one layer gives, the first the block before.
+    torch.testing.assert_close(grid[:, 32:], grid_one)
+    torch.testing.assert_close(pooled[:, 64:], pooled_one)
+    torch.testing.assert_close(pooled[:, :32], layers[0][:, 0])
+    torch.testing.assert_close(grid[:, :32, 0, 0], layers[0][:, 3])
+    assert not torch.allclose(layers[0], layers[1])
+    with pytest.raises(ValueError, match="feature_layers=3: the backbone has 2 blocks"):
+        build_provider(backbone, feature_layers=3).global_features(images)
+
+
 def test_pixel_floor() -> None:
     images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
     pixels = PixelFeatures(patch_size=4)

@@ -27,14 +27,15 @@ def test_parse_tasks() -> None:
             "linear",
             "homography",
             "segmentation",
+            "depth",
         ]
     )
     assert parse_tasks(["homography"], "knn") == ["homography"]
-    with pytest.raises(ValueError, match="unknown eval task.*depth"):
-        parse_tasks("knn,depth", "")
+    with pytest.raises(ValueError, match="unknown eval task.*kitti.*depth"):
+        parse_tasks("knn,kitti", "")
 
 
-def test_demo_config_runs_all_five_families() -> None:
+def test_demo_config_runs_all_six_families() -> None:
     cfg = load_config(REPO / "configs" / "demo_cpu.yaml")
     assert parse_tasks(None, cfg.eval.tasks) == list(TASKS)
     assert cfg.eval.equivariance_transforms.split(",") == [

@@ -39,6 +39,16 @@ def test_constant_predictor_matches_the_hand_computed_value() -> None:
     assert cm[:, 0].tolist() == [10, 4, 2, 0] and int(cm.sum()) == 16
 
 
+def test_ignored_pixels_are_neither_scored_nor_counted() -> None:
+    # 6 pixels: classes 0, 0, 1, 1 and two 255 (VOC borders / ADE20K "other").
+    target = torch.tensor([0, 0, 1, 1, 255, 255])
+    pred = torch.tensor([0, 1, 1, 1, 0, 1])
+    cm = confusion_matrix(pred, target, 2)
+    assert cm.tolist() == [[1, 1], [0, 2]]  # the 255 pixels are not in the matrix
+    # IoU_0 = 1 / (1 + 1 + 0) = 1/2, IoU_1 = 2 / (2 + 0 + 1) = 2/3.
+    assert mean_iou(pred, target, 2) == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
 def scenes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, 3, 32, 32) images whose channel 0 holds the class id of each pixel, and the masks:
     1-3 axis-aligned squares (8-14 px) of classes 1..3 on background 0."""
