@@ -581,11 +581,15 @@ def build_shards(
 
     Returns:
         This build's manifest entry: counts, classes, bytes, shards, bad and ignored files.
+
+    Raises:
+        DataError: no file of ``src`` is a readable image; the manifest lists them all and the
+            build is not marked complete (a rerun reads every file again).
     """
     start = time.perf_counter()
     _check_names(subset, split, shard_size_mb)
     root, files, classes, ignored = find_sources(src, labels)
-    return write_split(
+    entry = write_split(
         out,
         root,
         files,
@@ -601,6 +605,17 @@ def build_shards(
         progress=progress,
         start=start,
     )
+    if entry["num_samples"] == 0:
+        bad = entry["bad_files"]
+        first = "; ".join(f"{b['path']}: {b['reason']}" for b in bad[:3])
+        raise DataError(
+            f"data build: no readable image among the {len(files)} image files of {src!r}"
+            + (f" ({len(bad)} bad, e.g. {first})" if bad else "")
+            + f"; every bad file is listed in {Path(out) / 'manifest.json'}",
+            hint="check --src (and that the files are readable images); nothing was marked "
+            "complete, so the next run reads them again",
+        )
+    return entry
 
 
 def _check_names(subset: str, split: str, shard_size_mb: float) -> None:
@@ -751,15 +766,6 @@ def write_split(
     tmp = out / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, out / "manifest.json")
-    if entry["num_samples"] == 0:
-        first = "; ".join(f"{b['path']}: {b['reason']}" for b in bad_files[:3])
-        raise DataError(
-            f"data build: no readable image among the {len(files)} image files of {src!r}"
-            + (f" ({len(bad_files)} bad, e.g. {first})" if bad_files else "")
-            + f"; every bad file is listed in {out / 'manifest.json'}",
-            hint="check --src (and that the files are readable images); nothing was marked "
-            "complete, so the next run reads them again",
-        )
     if progress:
         print(
             f"data build: {entry['num_samples']} samples in {len(written)} shards "
