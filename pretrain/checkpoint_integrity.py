@@ -70,10 +70,21 @@ def _files(ckpt_dir: Path) -> list[str]:
     return sorted(found)
 
 
-def _hash_all(ckpt_dir: Path, rels: list[str]) -> list[str]:
+def _hash_all(ckpt_dir: Path, rels: list[str], missing_ok: bool = False) -> list[str | None]:
+    """SHA-256 of each file, in parallel threads (hashlib releases the GIL); with `missing_ok`
+    an unreadable file gives None instead of raising."""
+
+    def digest(rel: str) -> str | None:
+        try:
+            return _sha256(ckpt_dir / rel)
+        except OSError:
+            if not missing_ok:
+                raise
+            return None
+
     workers = max(1, min(8, len(rels), os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # hashlib releases the GIL
-        return list(pool.map(lambda rel: _sha256(ckpt_dir / rel), rels))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(digest, rels))
 
 
 def write_manifest(ckpt_dir: str | Path) -> dict:
@@ -115,8 +126,10 @@ def verify_checkpoint(ckpt_dir: str | Path) -> CheckpointState:
             problems.append(f"{rel}: {file.stat().st_size} bytes, expected {size}")
         else:
             to_hash.append(rel)
-    for rel, digest in zip(to_hash, _hash_all(ckpt_dir, to_hash)):
-        if digest != expected[rel][1]:
+    for rel, digest in zip(to_hash, _hash_all(ckpt_dir, to_hash, missing_ok=True)):
+        if digest is None:  # gone or unreadable while we read it (e.g. retention)
+            problems.append(f"{rel}: unreadable")
+        elif digest != expected[rel][1]:
             problems.append(f"{rel}: {ALGORITHM} mismatch (content changed)")
     total = sum(size for size, _ in expected.values())
     state = "damaged" if problems else "ok"
