@@ -55,6 +55,7 @@ import numpy as np
 
 from data_pipeline.annotations import ANNOTATION_CODECS, mask_classes
 from data_pipeline.shards import ShardWriter, count_samples, split_member_name
+from equirecon.errors import ConfigError, DataError, MissingPathError
 
 logger = logging.getLogger(__name__)
 
@@ -239,19 +240,19 @@ def find_sources(
         ValueError: unknown ``labels`` mode, or ``folder`` mode found no class folder.
     """
     if labels not in LABEL_MODES:
-        raise ValueError(f"labels={labels!r}; choose one of {LABEL_MODES}")
+        raise ConfigError(f"labels={labels!r}; choose one of {LABEL_MODES}")
     if _GLOB_CHARS & set(src):
         root = _glob_root(src)
         matches = sorted(glob.glob(src, recursive=True))
         if not matches:
-            raise FileNotFoundError(f"--src glob {src!r} matched nothing")
+            raise MissingPathError(f"--src glob {src!r} matched nothing")
         paths: list[Path] = []
         for match in map(Path, matches):
             paths += _walk(match) if match.is_dir() else [match] if match.is_file() else []
     else:
         root = Path(src)
         if not root.is_dir():
-            raise FileNotFoundError(f"--src {src!r} is neither a folder nor a glob that matches")
+            raise MissingPathError(f"--src {src!r} is neither a folder nor a glob that matches")
         paths = _walk(root)
     rels = sorted({p.relative_to(root).as_posix(): p for p in paths}.items())
     if labels == "folder":
@@ -260,7 +261,7 @@ def find_sources(
         else:  # every visible sub-folder, as torchvision's ImageFolder
             classes = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name[0] != ".")
         if not classes:
-            raise ValueError(f"--labels folder: no class folders under {root}")
+            raise DataError(f"--labels folder: no class folders under {root}")
         class_index = {name: i for i, name in enumerate(classes)}
     else:
         classes, class_index = [], {}
@@ -580,11 +581,15 @@ def build_shards(
 
     Returns:
         This build's manifest entry: counts, classes, bytes, shards, bad and ignored files.
+
+    Raises:
+        DataError: no file of ``src`` is a readable image; the manifest lists them all and the
+            build is not marked complete (a rerun reads every file again).
     """
     start = time.perf_counter()
     _check_names(subset, split, shard_size_mb)
     root, files, classes, ignored = find_sources(src, labels)
-    return write_split(
+    entry = write_split(
         out,
         root,
         files,
@@ -600,11 +605,22 @@ def build_shards(
         progress=progress,
         start=start,
     )
+    if entry["num_samples"] == 0:
+        bad = entry["bad_files"]
+        first = "; ".join(f"{b['path']}: {b['reason']}" for b in bad[:3])
+        raise DataError(
+            f"data build: no readable image among the {len(files)} image files of {src!r}"
+            + (f" ({len(bad)} bad, e.g. {first})" if bad else "")
+            + f"; every bad file is listed in {Path(out) / 'manifest.json'}",
+            hint="check --src (and that the files are readable images); nothing was marked "
+            "complete, so the next run reads them again",
+        )
+    return entry
 
 
 def _check_names(subset: str, split: str, shard_size_mb: float) -> None:
     if shard_size_mb <= 0:
-        raise ValueError(f"shard_size_mb must be > 0, got {shard_size_mb}")
+        raise ConfigError(f"shard_size_mb must be > 0, got {shard_size_mb}")
     for name, value in (("subset", subset), ("split", split)):
         if not value or "/" in value or "-" in value or value.startswith("."):
             raise ValueError(
@@ -731,6 +747,12 @@ def write_split(
         "shards_written": len(todo),
         "build_seconds": round(time.perf_counter() - start, 2),
     }
+    if entry["num_samples"] == 0:
+        # Nothing usable: no record may claim this build complete, so a rerun reads every file
+        # again (an unreadable file may be a transient failure: a mount, permissions).
+        entry["complete"] = False
+        for task in tasks:
+            Path(task.record).unlink(missing_ok=True)
     manifest.setdefault("builds", {})[f"{subset}/{split}"] = entry
     manifest.setdefault("counts", {}).setdefault(subset, {})[split] = entry["num_samples"]
     manifest.setdefault("shards", {}).setdefault(subset, {})[split] = [

@@ -324,6 +324,8 @@ class DaliTrainLoader:
         by_reason = {k: v for k, v in sorted(self._skipped.items()) if v > 0}
         return _Stats(
             skipped=sum(by_reason.values()),
+            skipped_samples=sum(v for k, v in by_reason.items() if k != "bad_shard"),
+            skipped_shards=len(self.shards.bad_shards),
             by_reason=by_reason,
             bad_shards=list(self.shards.bad_shards),
         )

@@ -38,10 +38,12 @@ from data_pipeline.masking import BlockMaskGenerator, make_batch_masks
 from data_pipeline.shards import (
     BadShardError,
     Sample,
-    count_samples,
+    ShardScan,
     iter_shard_samples,
     resolve_shards,
+    scan_shard,
 )
+from equirecon.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +145,10 @@ def _buffer_shuffle(
 class ShardSampleStream:
     """Raw (undecoded) samples of a shard set, split over ranks and workers, per epoch.
 
-    Shards are validated and counted from their tar headers once (cached). Unreadable shards
-    (not a tar, truncated) are logged, counted under ``bad_shard`` and left out.
+    Shards are validated and counted from their tar headers once (cached). A damaged shard
+    (truncated, a broken header, not a tar) is logged and counted under ``bad_shard``; its
+    complete samples before the damage are still read, the rest are counted under
+    ``damaged_shard_samples`` (exactly when the shard has its DALI index, else at least 1).
 
     Args:
         shards: shard paths.
@@ -157,9 +161,10 @@ class ShardSampleStream:
 
     Attributes:
         skipped: samples (and bad shards) skipped so far by this object.
-        skipped_by_reason: the same, per reason (``bad_shard``, ``no_image``, ``decode_error``,
-            ``missing_cls``, ``bad_cls``).
-        bad_shards: paths of the unreadable shards seen.
+        skipped_by_reason: the same, per reason (``bad_shard`` counts shards; the others count
+            samples: ``damaged_shard_samples``, ``no_image``, ``decode_error``, ``missing_cls``,
+            ``bad_cls``).
+        bad_shards: paths of the damaged or unreadable shards seen.
 
     Raises:
         RuntimeError: no shard is readable; the message names the shards.
@@ -192,15 +197,17 @@ class ShardSampleStream:
         self.counts: list[int] = []
         for path in self.all_shards:
             try:
-                count = count_samples(path)
-            except (BadShardError, OSError) as err:
+                scan = scan_shard(path)
+            except OSError as err:
                 self._bad_shard(path, err)
                 continue
-            if count > 0:
+            if scan.damage is not None:
+                self._damaged_shard(path, scan)
+            if scan.samples > 0:
                 self.shards.append(path)
-                self.counts.append(count)
+                self.counts.append(scan.samples)
         if not self.shards:
-            raise RuntimeError(
+            raise DataError(
                 f"no readable samples in any of the {len(self.all_shards)} shards "
                 f"{_short_list(self.all_shards)} (skipped: {dict(self.skipped_by_reason)})"
             )
@@ -223,6 +230,23 @@ class ShardSampleStream:
         logger.warning("skipping unreadable shard %s: %s", path, err)
         self.bad_shards.append(path)
         self.count_skip("bad_shard")
+
+    def _damaged_shard(self, path: str, scan: ShardScan) -> None:
+        """A shard damaged part-way: its complete samples before the damage are read, the rest
+        counted under ``damaged_shard_samples`` (from its index when it has one)."""
+        known = "" if scan.expected is not None else "at least "
+        logger.warning(
+            "%s; using its %d readable samples, %s%d lost",
+            scan.damage,
+            scan.samples,
+            known,
+            scan.lost,
+        )
+        self.bad_shards.append(path)
+        self.count_skip("bad_shard")
+        if scan.lost:
+            self.skipped += scan.lost
+            self.skipped_by_reason["damaged_shard_samples"] += scan.lost
 
     def plan(self, epoch: int) -> list[list[ShardRange]]:
         """Sample ranges of every stream (all ranks) in epoch ``epoch``; index = stream index."""
@@ -257,10 +281,18 @@ class ShardSampleStream:
 
     def _read(self, ranges: list[ShardRange]) -> Iterator[Sample]:
         for shard_range in ranges:
+            read = 0
             try:
-                yield from iter_shard_samples(shard_range.path, shard_range.start, shard_range.stop)
-            except BadShardError as err:
+                for sample in iter_shard_samples(
+                    shard_range.path, shard_range.start, shard_range.stop
+                ):
+                    read += 1
+                    yield sample
+            except BadShardError as err:  # damaged since it was scanned: the rest is lost
                 self._bad_shard(shard_range.path, err)
+                if shard_range.count > read:
+                    self.skipped += shard_range.count - read
+                    self.skipped_by_reason["damaged_shard_samples"] += shard_range.count - read
 
     def iter_raw(self, epoch: int, worker: int = 0, skip: int = 0) -> Iterator[Sample]:
         """Raw samples of this rank's stream ``worker`` in epoch ``epoch``, shuffled.
@@ -510,6 +542,8 @@ class TrainLoader:
         by_reason = {k: v for k, v in sorted(self._skipped.items()) if v > 0}
         return {
             "skipped": sum(by_reason.values()),
+            "skipped_samples": sum(v for k, v in by_reason.items() if k != "bad_shard"),
+            "skipped_shards": len(self._bad_shards),
             "by_reason": by_reason,
             "bad_shards": sorted(self._bad_shards),
         }
@@ -785,7 +819,7 @@ def iter_images(
     if stream.skipped:
         logger.warning("iter_images(%s): skipped %s", path, dict(stream.skipped_by_reason))
     if not total:
-        raise RuntimeError(f"no decodable image in shards {_short_list(shards)}")
+        raise DataError(f"no decodable image in shards {_short_list(shards)}")
 
 
 def load_images(

@@ -15,8 +15,11 @@ import logging
 import os
 import tarfile
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from equirecon.errors import MissingPathError
 
 logger = logging.getLogger(__name__)
 
@@ -162,14 +165,14 @@ def resolve_shards(path: str, subset: str = "natural", split: str = "train") -> 
             pattern = str(root / subset / f"{split}-*.tar")
             found = sorted(glob.glob(pattern))
             if not found:
-                raise FileNotFoundError(
+                raise MissingPathError(
                     f"no shards for subset {subset!r} split {split!r} in dataset root {path!r}: "
                     f"looked for {pattern}"
                 )
             return found
         found = sorted(str(p) for p in root.glob("*.tar") if p.is_file())
         if not found:
-            raise FileNotFoundError(
+            raise MissingPathError(
                 f"{path!r} is a folder without .tar shards, manifest.json or a {subset!r}/ "
                 f"subfolder: looked for {root / '*.tar'} and {root / subset / (split + '-*.tar')}"
             )
@@ -179,63 +182,122 @@ def resolve_shards(path: str, subset: str = "natural", split: str = "train") -> 
     if _GLOB_CHARS & set(path):
         found = sorted(p for p in glob.glob(path) if os.path.isfile(p))
         if not found:
-            raise FileNotFoundError(f"glob {path!r} matched no shard files")
+            raise MissingPathError(f"glob {path!r} matched no shard files")
         return found
-    raise FileNotFoundError(
+    raise MissingPathError(
         f"data path {path!r} does not exist (expected a dataset root, a folder of .tar shards, "
         f"a .tar file or a glob)"
     )
-
-
-_COUNT_CACHE: dict[tuple[str, int, int], int] = {}
 
 
 class BadShardError(OSError):
     """A shard that is not a readable tar file, or is truncated."""
 
 
+@dataclass(frozen=True)
+class ShardScan:
+    """What a shard's tar headers say.
+
+    Attributes:
+        samples: complete samples before any damage (all of them for an intact shard). The
+            sample being read where the damage starts is not counted: it may miss members.
+        damage: what is wrong (``shard PATH is truncated: ...``), or None for an intact shard.
+        expected: samples the shard was written with, from its DALI index (``.idx`` next to
+            it) when there is one, else None.
+    """
+
+    samples: int
+    damage: str | None = None
+    expected: int | None = None
+
+    @property
+    def lost(self) -> int:
+        """Samples not readable: from the index when known, else at least the one cut."""
+        if self.damage is None:
+            return 0
+        if self.expected is not None:
+            return max(self.expected - self.samples, 0)
+        return 1 if self.samples > 0 else 0
+
+
+_SCAN_CACHE: dict[tuple[str, int, int], ShardScan] = {}
+
+
+def _indexed_samples(path: str) -> int | None:
+    """The sample count in the header of the DALI index next to ``path`` (``v1.2 N``)."""
+    idx = Path(path).with_suffix(".idx")
+    try:
+        with idx.open() as handle:
+            fields = handle.readline().split()
+        return int(fields[1]) if len(fields) == 2 else None
+    except (OSError, ValueError):
+        return None
+
+
+def scan_shard(path: str) -> ShardScan:
+    """Counts the complete samples of a shard from its tar headers only (no data read); cached.
+
+    A damaged shard (truncated, a broken header) is not an error here: its samples before the
+    damage are counted and the damage described. Raises OSError only if the file cannot be opened.
+    """
+    stat = os.stat(path)
+    cache_key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if cache_key in _SCAN_CACHE:
+        return _SCAN_CACHE[cache_key]
+    count = 0
+    last_key: str | None = None
+    damage: str | None = None
+    with open(path, "rb") as handle:
+        try:
+            tar = tarfile.open(fileobj=handle, mode="r:")
+        except (tarfile.TarError, EOFError) as err:
+            tar, damage = None, f"shard {path} is not a readable tar file: {err}"
+        while tar is not None:
+            try:
+                member = tar.next()
+            except (tarfile.TarError, EOFError) as err:
+                damage = f"shard {path} is damaged: unreadable header at byte {tar.offset}: {err}"
+                break
+            if member is None:
+                # A complete tar ends with zero blocks; a file cut at a header boundary does not.
+                handle.seek(tar.offset)
+                tail = handle.read(tarfile.BLOCKSIZE)
+                if len(tail) < tarfile.BLOCKSIZE or any(tail):
+                    damage = (
+                        f"shard {path} is truncated: no end-of-archive block at byte {tar.offset}"
+                    )
+                break
+            tar.members.clear()
+            if not member.isfile():
+                continue
+            if member.offset_data + member.size > stat.st_size:
+                damage = (
+                    f"shard {path} is truncated: member {member.name} needs "
+                    f"{member.offset_data + member.size} bytes, the file has {stat.st_size}"
+                )
+                break
+            key, _ = split_member_name(member.name)
+            if key != last_key:
+                count += 1
+                last_key = key
+    if damage is not None and count:
+        count -= 1  # the sample being read when the damage starts may be incomplete
+    scan = ShardScan(count, damage, _indexed_samples(path) if damage else None)
+    _SCAN_CACHE[cache_key] = scan
+    return scan
+
+
 def count_samples(path: str) -> int:
-    """Counts the samples of a shard from its tar headers only (no data is read); cached.
+    """Counts the samples of an intact shard from its tar headers only (no data is read); cached.
 
     Raises:
         BadShardError: the file is not a tar, a member's data runs past the end of the file, or
             the end-of-archive block is missing (the file was cut short).
     """
-    stat = os.stat(path)
-    cache_key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
-    if cache_key in _COUNT_CACHE:
-        return _COUNT_CACHE[cache_key]
-    count = 0
-    last_key: str | None = None
-    try:
-        with open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
-            while True:
-                member = tar.next()
-                if member is None:
-                    break
-                tar.members.clear()
-                if not member.isfile():
-                    continue
-                if member.offset_data + member.size > stat.st_size:
-                    raise BadShardError(
-                        f"shard {path} is truncated: member {member.name} needs "
-                        f"{member.offset_data + member.size} bytes, the file has {stat.st_size}"
-                    )
-                key, _ = split_member_name(member.name)
-                if key != last_key:
-                    count += 1
-                    last_key = key
-            # A complete tar ends with zero blocks; a file cut at a header boundary does not.
-            handle.seek(tar.offset)
-            tail = handle.read(tarfile.BLOCKSIZE)
-            if len(tail) < tarfile.BLOCKSIZE or any(tail):
-                raise BadShardError(
-                    f"shard {path} is truncated: no end-of-archive block at byte {tar.offset}"
-                )
-    except (tarfile.TarError, EOFError) as err:
-        raise BadShardError(f"shard {path} is not a readable tar file: {err}") from err
-    _COUNT_CACHE[cache_key] = count
-    return count
+    scan = scan_shard(path)
+    if scan.damage is not None:
+        raise BadShardError(scan.damage)
+    return scan.samples
 
 
 def iter_shard_samples(path: str, start: int = 0, stop: int | None = None) -> Iterator[Sample]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+
+from equirecon.errors import MissingPathError, UserError
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -29,7 +32,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     if args.data_cmd == "build":
         from data_pipeline.build import build_shards
 
-        entry = build_shards(
+        build_shards(
             args.src,
             args.out,
             labels=args.labels or "none",
@@ -39,7 +42,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
             split=args.split or "train",
             seed=args.seed,
         )
-        return 0 if entry["num_samples"] > 0 else 1
+        return 0  # a build without any readable image raises DataError
     raise SystemExit(f"unknown data command {args.data_cmd!r}")
 
 
@@ -203,6 +206,32 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_checkpoints(args: argparse.Namespace) -> int:
+    """`checkpoints verify RUN_DIR`: the state of every checkpoint, newest first; exit 1 if any
+    is damaged."""
+    from pathlib import Path
+
+    from pretrain.checkpoint import list_checkpoints, resume_candidates
+    from pretrain.checkpoint_integrity import verify_checkpoint
+
+    root = Path(args.run_dir)
+    root = root if root.name == "checkpoints" else root / "checkpoints"
+    found = list_checkpoints(root)
+    if not found:
+        raise MissingPathError(f"no complete checkpoint under {root}")
+    states = {path: verify_checkpoint(path) for _, path in reversed(found)}
+    order = resume_candidates(root)
+    width = max(len(p.name) for p in states) + len(" (latest)")
+    for path, state in states.items():
+        name = path.name + (" (latest)" if path == order[0] else "")
+        print(f"{name:<{width}}  {state.describe()}")
+    resume = next((p for p in order if states[p].usable), None)
+    print(
+        f"a resume starts from: {resume.name if resume else 'nothing (every checkpoint is damaged)'}"
+    )
+    return 1 if any(not s.usable for s in states.values()) else 0
+
+
 def _cmd_launch(args: argparse.Namespace) -> int:
     from launch.slurm import (
         SlurmOptions,
@@ -248,7 +277,11 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="equirecon", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="equirecon",
+        description=__doc__,
+        epilog="--debug (anywhere) or EQUIRECON_DEBUG=1: show the traceback of user errors.",
+    )
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     data = verbs.add_parser("data", help="build WebDataset shards")
@@ -370,6 +403,18 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default=None, help="output folder (default: reports/<timestamp>)")
     rep.add_argument("--no-mlflow", action="store_true", help="do not log a report run")
     rep.set_defaults(func=_cmd_report)
+    ck = verbs.add_parser("checkpoints", help="inspect the checkpoints of a run")
+    ck_cmds = ck.add_subparsers(dest="checkpoints_cmd", required=True)
+    ver = ck_cmds.add_parser(
+        "verify",
+        help="check every checkpoint's files against its manifest (size + SHA-256)",
+        description="List every checkpoint of RUN_DIR, newest first, with its state: ok, "
+        "damaged (which files, how), or unverified (written before manifests existed). "
+        "Exit code 1 when any is damaged.",
+    )
+    ver.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (or its checkpoints/)")
+    ver.set_defaults(func=_cmd_checkpoints)
+
     la = verbs.add_parser("launch", help="launch pretraining on a cluster (Slurm via submitit)")
     la_cmds = la.add_subparsers(dest="launch_cmd", required=True)
     sl = la_cmds.add_parser(
@@ -414,8 +459,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEBUG_ENV = "EQUIRECON_DEBUG"
+
+
+def _take_debug_flag(argv: list[str]) -> tuple[list[str], bool]:
+    """Remove `--debug` (anywhere before a benchmark's own arguments); True if it was there."""
+    limit = argv.index("bench") + 2 if "bench" in argv[:1] else len(argv)
+    kept = [a for i, a in enumerate(argv) if not (a == "--debug" and i < limit)]
+    return kept, len(kept) != len(argv)
+
+
+def report_user_error(err: UserError) -> None:
+    """The error as one line on stderr (plus a hint line), without a traceback."""
+    print(f"equirecon: error: {err}", file=sys.stderr)
+    if err.hint:
+        print(f"hint: {err.hint} (--debug or {DEBUG_ENV}=1 shows the traceback)", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb. A `UserError` exits with code 2 and one line; `--debug` or
+    `EQUIRECON_DEBUG=1` lets it propagate with its traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    argv, debug = _take_debug_flag(argv)
+    debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     if argv[:2] == ["eval", "watch"]:
         argv = ["eval-watch", *argv[2:]]
     parser = build_parser()
@@ -427,7 +493,13 @@ def main(argv: list[str] | None = None) -> int:
         if stray or not hasattr(args, "overrides"):
             parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
         args.overrides = [*(args.overrides or []), *extra]
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        if debug:
+            raise
+        report_user_error(err)
+        return 2
 
 
 if __name__ == "__main__":

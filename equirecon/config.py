@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from equirecon.errors import ConfigError, MissingPathError
 
 # data.augmentations: the base augmentations ("all") or only random rotations ("rot").
 AUGMENTATION_MODES = ("all", "rot")
@@ -228,7 +232,7 @@ class CheckpointConfig:
 
 @dataclass
 class TrackingConfig:
-    uri: str = ""  # "" -> $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db at the repository root
+    uri: str = ""  # "" -> $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current directory
     experiment: str = "equirecon"
     enabled: bool = True
 
@@ -323,10 +327,6 @@ class Config:
 
 _ALIASES = {"lambda": "lam"}  # config key -> attribute
 _REVERSE_ALIASES = {v: k for k, v in _ALIASES.items()}
-
-
-class ConfigError(ValueError):
-    """A config key or value that does not fit the schema."""
 
 
 def _convert(value: Any, current: Any, key: str, annotation: str = "") -> Any:
@@ -447,7 +447,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
+            raise MissingPathError(f"config file not found: {path}")
         tree = yaml.safe_load(path.read_text()) or {}
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
@@ -497,77 +497,232 @@ def resolve_recipe_defaults(cfg: Config) -> None:
             setattr(section, key, value)
 
 
+# ---- value checks ---------------------------------------------------------------------------
+# One row per key whose wrong value is meaningless: (key, test, what the value must be). A value
+# of None (the method's, arch's or data's own default) is not checked. Cross-field checks are in
+# `validate` below. Choices kept in step with their registries (tests/equirecon checks them):
+# recon.transform (data_pipeline/transforms), eval.pooling / eval.equivariance_features
+# (evals/features.py), eval.equivariance_view (evals/equivariance.py).
+TRANSFORMS = ("rotation", "translation", "se2", "color", "blur")
+POOLINGS = ("cls", "cls+mean", "mean")
+EQUIVARIANCE_FEATURES = ("global", "grid", "equi")
+EQUIVARIANCE_VIEWS = ("context", "disk", "full")
+
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def _ge(lo: float) -> Rule:
+    return (lambda v: v >= lo), f">= {lo:g}"
+
+
+def _gt(lo: float) -> Rule:
+    return (lambda v: v > lo), f"> {lo:g}"
+
+
+def _within(lo: float, hi: float, low_open: bool = False, high_open: bool = False) -> Rule:
+    def test(v: float) -> bool:
+        return (lo < v if low_open else lo <= v) and (v < hi if high_open else v <= hi)
+
+    return test, f"in {'(' if low_open else '['}{lo:g}, {hi:g}{')' if high_open else ']'}"
+
+
+def _pair(lo: float, hi: float) -> Rule:
+    return (lambda v: lo <= v[0] <= v[1] <= hi), f"a pair [a, b] with {lo:g} <= a <= b <= {hi:g}"
+
+
+def _open_pair(lo: float, hi: float) -> Rule:
+    return (lambda v: lo < v[0] <= v[1] <= hi), f"a pair [a, b] with {lo:g} < a <= b <= {hi:g}"
+
+
+def _one_of(choices: Any) -> Rule:
+    options = sorted(choices)
+    return (lambda v: v in options), f"one of {options}"
+
+
+def _task_list(v: str) -> bool:
+    names = [t.strip() for t in v.split(",") if t.strip()]
+    return bool(names) and (names == ["all"] or set(names) <= set(EVAL_TASKS))
+
+
+def _name_list(choices: tuple[str, ...]) -> Rule:
+    def test(v: str) -> bool:
+        names = [t.strip() for t in v.split(",") if t.strip()]
+        return bool(names) and set(names) <= set(choices)
+
+    return test, f"a comma-separated list of {list(choices)}"
+
+
+def _float_list(v: str) -> bool:
+    try:
+        values = [float(t) for t in v.split(",") if t.strip()]
+    except ValueError:
+        return False
+    return bool(values) and all(x > 0 for x in values)
+
+
+EVAL_TASKS = ("equivariance", "knn", "linear", "homography", "segmentation", "depth")
+POSITIVE, NON_NEGATIVE = _ge(1), _ge(0)
+UNIT, PROBABILITY = _within(0, 1, low_open=True), _within(0, 1)
+
+VALUE_CHECKS: tuple[tuple[str, Rule], ...] = (
+    ("method.name", _one_of(SPLIT_DEFAULTS)),
+    ("data.backend", _one_of(("torch", "dali", "synthetic"))),
+    ("data.num_workers", NON_NEGATIVE),
+    ("data.global_size", POSITIVE),
+    ("data.local_size", POSITIVE),
+    ("data.n_local", NON_NEGATIVE),
+    ("data.global_scale", _open_pair(0, 1)),
+    ("data.local_scale", _open_pair(0, 1)),
+    ("data.augmentations", _one_of(AUGMENTATION_MODES)),
+    ("model.patch_size", POSITIVE),
+    ("model.embed_dim", POSITIVE),
+    ("model.depth", POSITIVE),
+    ("model.num_heads", POSITIVE),
+    ("model.drop_path", _within(0, 1, high_open=True)),
+    ("model.layerscale", NON_NEGATIVE),
+    ("model.num_registers", NON_NEGATIVE),
+    ("model.attention", _one_of(("sdpa", "math"))),
+    ("method.head_out_dim", POSITIVE),
+    ("method.head_hidden_dim", POSITIVE),
+    ("method.head_bottleneck_dim", POSITIVE),
+    ("method.student_temp", _gt(0)),
+    ("method.teacher_temp", _gt(0)),
+    ("method.warmup_teacher_temp", _gt(0)),
+    ("method.warmup_teacher_temp_steps", NON_NEGATIVE),
+    ("method.dino_weight", NON_NEGATIVE),
+    ("method.ibot_weight", NON_NEGATIVE),
+    ("method.koleo_weight", NON_NEGATIVE),
+    ("method.mask_prob", PROBABILITY),
+    ("method.mask_ratio", _pair(0, 1)),
+    ("method.center_momentum", _within(0, 1, high_open=True)),
+    ("method.centering", _one_of(CENTERINGS)),
+    ("method.expander_dim", POSITIVE),
+    ("method.vicreg_sim_weight", NON_NEGATIVE),
+    ("method.vicreg_var_weight", NON_NEGATIVE),
+    ("method.vicreg_cov_weight", NON_NEGATIVE),
+    ("method.projector_dim", POSITIVE),
+    ("method.projector_hidden_dim", POSITIVE),
+    ("method.simclr_temperature", _gt(0)),
+    ("recon.lambda", NON_NEGATIVE),
+    ("recon.k", POSITIVE),
+    ("recon.transform", _one_of(TRANSFORMS)),
+    ("recon.d_equi", POSITIVE),
+    ("recon.decoder_channels", POSITIVE),
+    ("recon.decoder_resize", _one_of(("after_conv", "before_conv"))),
+    ("recon.log_images_every", NON_NEGATIVE),
+    ("split.d_patch", _ge(2)),
+    ("train.max_steps", POSITIVE),
+    ("train.batch_size", POSITIVE),
+    ("train.strategy", _one_of(("single", "ddp", "fsdp2", "deepspeed"))),
+    ("train.zero_stage", _one_of((1, 2, 3))),
+    ("train.compile_backend", (lambda v: bool(v.strip()), "a torch.compile backend name")),
+    ("train.precision", _one_of(("fp32", "bf16"))),
+    ("train.base_lr", _gt(0)),
+    ("train.lr_scaling", _one_of(LR_SCALING_RULES)),
+    ("train.layerwise_decay", UNIT),
+    ("train.patch_embed_lr_mult", NON_NEGATIVE),
+    ("train.freeze_last_layer_steps", NON_NEGATIVE),
+    ("train.min_lr", NON_NEGATIVE),
+    ("train.warmup_steps", NON_NEGATIVE),
+    ("train.weight_decay", NON_NEGATIVE),
+    ("train.weight_decay_end", NON_NEGATIVE),
+    ("train.momentum_teacher", PROBABILITY),
+    ("train.momentum_teacher_end", PROBABILITY),
+    ("train.clip_grad", NON_NEGATIVE),
+    ("train.log_every", POSITIVE),
+    ("train.max_nonfinite_steps", POSITIVE),
+    ("checkpoint.every_steps", POSITIVE),
+    ("checkpoint.keep", POSITIVE),
+    ("checkpoint.keep_every", NON_NEGATIVE),
+    ("tracking.experiment", (lambda v: bool(v.strip()), "a non-empty experiment name")),
+    ("eval.tasks", (_task_list, f"a comma-separated list of {list(EVAL_TASKS)}, or all")),
+    ("eval.img_size", POSITIVE),
+    ("eval.pooling", _one_of(POOLINGS)),
+    ("eval.batch_size", POSITIVE),
+    ("eval.feature_layers", POSITIVE),
+    ("eval.equivariance_transforms", _name_list(TRANSFORMS)),
+    ("eval.equivariance_features", _one_of(EQUIVARIANCE_FEATURES)),
+    ("eval.equivariance_grid", NON_NEGATIVE),
+    ("eval.equivariance_view", _one_of(EQUIVARIANCE_VIEWS)),
+    ("eval.r2_repeats", POSITIVE),
+    ("eval.max_train_images", POSITIVE),
+    ("eval.max_test_images", POSITIVE),
+    ("eval.r2_views", POSITIVE),
+    ("eval.r2_epochs", POSITIVE),
+    ("eval.r2_hidden", POSITIVE),
+    ("eval.labelled_train_images", NON_NEGATIVE),
+    ("eval.labelled_test_images", NON_NEGATIVE),
+    ("eval.knn_k", POSITIVE),
+    ("eval.linear_lrs", (_float_list, "a comma-separated list of learning rates > 0")),
+    ("eval.linear_epochs", POSITIVE),
+    ("eval.linear_val_fraction", _within(0, 1, low_open=True, high_open=True)),
+    ("eval.homography_train_images", POSITIVE),
+    ("eval.homography_test_images", POSITIVE),
+    ("eval.homography_views", POSITIVE),
+    ("eval.homography_rho", _within(0, 0.5, low_open=True, high_open=True)),
+    ("eval.homography_epochs", POSITIVE),
+    ("eval.homography_channels", POSITIVE),
+    ("eval.homography_lr", _gt(0)),
+    ("eval.segmentation_train_images", NON_NEGATIVE),
+    ("eval.segmentation_test_images", NON_NEGATIVE),
+    ("eval.segmentation_epochs", POSITIVE),
+    ("eval.segmentation_lr", _gt(0)),
+    ("eval.depth_train_images", NON_NEGATIVE),
+    ("eval.depth_test_images", NON_NEGATIVE),
+    ("eval.depth_epochs", POSITIVE),
+    ("eval.depth_lr", _gt(0)),
+    ("eval.watch_poll_seconds", _gt(0)),
+    ("eval.watch_timeout_min", POSITIVE),
+)
+
+# The patch size of an arch whose name does not say it (`model.patch_size` null).
+_ARCH_PATCH = {"vit_tiny": 16}
+
+
+def arch_patch_size(cfg: Config) -> int | None:
+    """`model.patch_size`, else the arch's own (from its name, e.g. vit_large_patch14), else None."""
+    if cfg.model.patch_size is not None:
+        return cfg.model.patch_size
+    if cfg.model.arch in _ARCH_PATCH:
+        return _ARCH_PATCH[cfg.model.arch]
+    match = re.search(r"patch(\d+)", cfg.model.arch)
+    return int(match.group(1)) if match else None
+
+
+def _bad(key: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(f"{key}={value!r}: must be {expected}")
+
+
 def validate(cfg: Config) -> None:
-    """Cross-field checks with actionable messages."""
-    if cfg.method.name not in SPLIT_DEFAULTS:
-        raise ConfigError(
-            f"method.name={cfg.method.name!r}; choose one of {sorted(SPLIT_DEFAULTS)}"
-        )
-    if cfg.data.augmentations not in AUGMENTATION_MODES:
-        raise ConfigError(
-            f"data.augmentations={cfg.data.augmentations!r}; choose one of {AUGMENTATION_MODES}"
-        )
-    m = cfg.method
-    if m.centering not in CENTERINGS:
-        raise ConfigError(f"method.centering={m.centering!r}; choose one of {CENTERINGS}")
-    if not 0.0 <= m.center_momentum < 1.0:
-        raise ConfigError(f"method.center_momentum must be in [0, 1), got {m.center_momentum}")
-    if m.simclr_temperature <= 0:
-        raise ConfigError(f"method.simclr_temperature must be > 0, got {m.simclr_temperature}")
-    if min(m.expander_dim, m.projector_dim, m.projector_hidden_dim) < 1:
-        raise ConfigError(
-            "method.expander_dim, method.projector_dim and method.projector_hidden_dim must be >= 1"
-        )
-    if m.name in ("vicreg", "simclr") and cfg.train.batch_size < 2:
-        raise ConfigError(
-            f"method.name={m.name} needs train.batch_size >= 2 (batch statistics), "
-            f"got {cfg.train.batch_size}"
-        )
-    if cfg.data.backend not in ("torch", "dali", "synthetic"):
-        raise ConfigError(f"data.backend={cfg.data.backend!r}; choose torch, dali or synthetic")
-    if cfg.train.zero_stage not in (1, 2, 3):
-        raise ConfigError(f"train.zero_stage={cfg.train.zero_stage}; choose 1, 2 or 3")
-    if cfg.checkpoint.keep < 1 or cfg.checkpoint.keep_every < 0:
-        raise ConfigError("checkpoint.keep must be >= 1 and checkpoint.keep_every >= 0")
-    if cfg.train.strategy not in ("single", "ddp", "fsdp2", "deepspeed"):
-        raise ConfigError(
-            f"train.strategy={cfg.train.strategy!r}; choose single, ddp, fsdp2 or deepspeed"
-        )
-    if cfg.train.precision not in ("fp32", "bf16"):
-        raise ConfigError(f"train.precision={cfg.train.precision!r}; choose fp32 or bf16")
-    if cfg.recon.k < 1:
-        raise ConfigError(f"recon.k must be >= 1, got {cfg.recon.k}")
-    if cfg.recon.decoder_resize not in ("after_conv", "before_conv"):
-        raise ConfigError(
-            f"recon.decoder_resize={cfg.recon.decoder_resize!r}; choose after_conv or before_conv"
-        )
+    """Value checks (VALUE_CHECKS), then cross-field checks; errors name the key and the value."""
+    values = flat_dict(cfg)
+    for key, (test, expected) in VALUE_CHECKS:
+        value = values[key]
+        if value is not None and not test(value):
+            raise _bad(key, value, expected)
     if cfg.recon.enabled and not 0 < cfg.d_equi < cfg.d_patch:
-        raise ConfigError(f"need 0 < recon.d_equi ({cfg.d_equi}) < split.d_patch ({cfg.d_patch})")
+        raise ConfigError(
+            f"recon.d_equi={cfg.d_equi}: need 0 < recon.d_equi < split.d_patch ({cfg.d_patch})"
+        )
+    patch = arch_patch_size(cfg)
+    if patch is not None:
+        for key in ("data.global_size", "eval.img_size"):
+            if values[key] is not None and values[key] % patch:
+                raise _bad(key, values[key], f"a multiple of the patch size {patch}")
+    m = cfg.model
+    if m.embed_dim is not None and m.num_heads is not None and m.embed_dim % m.num_heads:
+        raise _bad("model.embed_dim", m.embed_dim, f"a multiple of model.num_heads ({m.num_heads})")
+    if cfg.method.name in ("vicreg", "simclr") and cfg.train.batch_size < 2:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size}: method.name={cfg.method.name} needs "
+            "train.batch_size >= 2 (batch statistics)"
+        )
     if cfg.recon.lam > 5:
         import warnings
 
         warnings.warn(
             f"recon.lambda={cfg.recon.lam} > 5 is reported unstable (paper)", stacklevel=2
         )
-    if cfg.train.max_steps < 1 or cfg.train.batch_size < 1:
-        raise ConfigError("train.max_steps and train.batch_size must be >= 1")
-    _validate_recipe(cfg)
-
-
-def _validate_recipe(cfg: Config) -> None:
-    tr = cfg.train
-    if tr.lr_scaling not in LR_SCALING_RULES:
-        raise ConfigError(f"train.lr_scaling={tr.lr_scaling!r}; choose one of {LR_SCALING_RULES}")
-    if tr.layerwise_decay is not None and not 0 < tr.layerwise_decay <= 1:
-        raise ConfigError(f"train.layerwise_decay must be in (0, 1], got {tr.layerwise_decay}")
-    if tr.patch_embed_lr_mult is not None and tr.patch_embed_lr_mult < 0:
-        raise ConfigError(f"train.patch_embed_lr_mult must be >= 0, got {tr.patch_embed_lr_mult}")
-    if tr.freeze_last_layer_steps is not None and tr.freeze_last_layer_steps < 0:
-        raise ConfigError(
-            f"train.freeze_last_layer_steps must be >= 0, got {tr.freeze_last_layer_steps}"
-        )
-    if cfg.model.layerscale is not None and cfg.model.layerscale < 0:
-        raise ConfigError(f"model.layerscale must be >= 0 (0: none), got {cfg.model.layerscale}")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

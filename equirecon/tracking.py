@@ -6,6 +6,7 @@ evaluations of its checkpoints all log into the same MLflow run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -14,18 +15,63 @@ import shutil
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_ID_FILE = "mlflow_run_id"
+STORE_FILE = "mlflow_tracking_uri"  # the store that holds the run of RUN_ID_FILE
+DEFAULT_STORE = "mlflow.db"  # in the current working directory, like MLflow's own ./mlruns
+_SQLITE = "sqlite:///"
 
 
 def resolve_tracking_uri(uri: str = "") -> str:
-    """`uri`, else $MLFLOW_TRACKING_URI, else `sqlite:///<repo root>/mlflow.db`."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+    """`uri`, else $MLFLOW_TRACKING_URI, else `sqlite:///<current directory>/mlflow.db`
+    (absolute, so every process of a run, and the printed `mlflow ui` command, agree)."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"{_SQLITE}{Path.cwd() / DEFAULT_STORE}"
+
+
+def run_tracking_uri(run_dir: str | Path, uri: str = "") -> str:
+    """The store of the MLflow run of `run_dir`: `uri` if given, else the one its run was
+    created in (`RUN_DIR/mlflow_tracking_uri`, so a resume or an eval started from another
+    directory finds it), else `resolve_tracking_uri()`."""
+    if uri:
+        return uri
+    recorded = Path(run_dir) / STORE_FILE
+    if recorded.is_file() and (Path(run_dir) / RUN_ID_FILE).is_file():
+        return recorded.read_text().strip() or resolve_tracking_uri()
+    return resolve_tracking_uri()
+
+
+def describe_tracking(uri: str) -> str:
+    """Where the metrics go and how to look at them (printed at the start of every run)."""
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow tracking server {uri} (open it in a browser)"
+    return f"MLflow store {uri}; view it with: mlflow ui --backend-store-uri {uri} --port 5000"
+
+
+@contextlib.contextmanager
+def _creation_lock(uri: str) -> Iterator[None]:
+    """Hold `<db>.lock` while a new sqlite store is created: two processes creating the same
+    new mlflow.db would otherwise race on its schema. No-op for other stores or existing files."""
+    path = Path(uri[len(_SQLITE) :]) if uri.startswith(_SQLITE) else None
+    if path is None or path.is_file() or fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _client(uri: str):  # noqa: ANN202 - mlflow.MlflowClient
@@ -34,7 +80,14 @@ def _client(uri: str):  # noqa: ANN202 - mlflow.MlflowClient
     except ImportError as e:  # pragma: no cover - mlflow is a core dependency
         raise ImportError("MLflow is required for tracking: pip install 'mlflow==3.17.2'") from e
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    return mlflow.MlflowClient(tracking_uri=uri)
+    with _creation_lock(uri):
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        if uri.startswith(_SQLITE):
+            try:  # create the schema now, under the lock
+                client.search_experiments(max_results=1)
+            except Exception as err:  # noqa: BLE001 - left to the delivery retries
+                log.warning("MLflow store %s not usable yet: %s", uri, str(err)[:200])
+    return client
 
 
 class MetricsFile:
@@ -88,7 +141,7 @@ class Tracker:
     ) -> None:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
-        self.uri = resolve_tracking_uri(uri)
+        self.uri = run_tracking_uri(self.run_dir, uri)
         self.experiment = experiment
         self.run_name = run_name or self.run_dir.name
         self.max_backoff_s = max_backoff_s
@@ -121,6 +174,11 @@ class Tracker:
     def log_params(self, params: dict[str, Any]) -> None:
         if self.enabled:
             self._push("params", {k: str(v) for k, v in params.items()})
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Set run tags (e.g. `checkpoint.damaged` after a fallback on resume)."""
+        if self.enabled:
+            self._push("tags", {k: str(v) for k, v in tags.items()})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
@@ -243,6 +301,9 @@ class Tracker:
                 return
             self.client.log_artifact(self.run_id, str(path), payload["artifact_path"])
             shutil.rmtree(path.parent, ignore_errors=True)
+        elif kind == "tags":
+            for key, value in payload.items():
+                self.client.set_tag(self.run_id, key, value)
         elif kind == "terminate":
             self.client.set_terminated(self.run_id, status=payload)
         else:  # pragma: no cover
@@ -256,10 +317,11 @@ class Tracker:
         exp_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
         run = self.client.create_run(exp_id, run_name=self.run_name)
         self.run_id = run.info.run_id
-        id_file = self.run_dir / RUN_ID_FILE
-        tmp = id_file.with_suffix(".tmp")
-        tmp.write_text(self.run_id + "\n")
-        os.replace(tmp, id_file)
+        for name, text in ((STORE_FILE, self.uri), (RUN_ID_FILE, self.run_id)):  # id last
+            path = self.run_dir / name
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text + "\n")
+            os.replace(tmp, path)
 
     def _save_pending(self) -> None:
         path = self.run_dir / self.PENDING_FILE
@@ -290,7 +352,7 @@ def log_to_existing_run(
         log.warning("%s has no %s: eval metrics are only written to files", run_dir, RUN_ID_FILE)
         return None
     run_id = id_file.read_text().strip()
-    client = _client(resolve_tracking_uri(uri))
+    client = _client(run_tracking_uri(run_dir, uri))
     import time
 
     from mlflow.entities import Metric

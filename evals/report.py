@@ -150,13 +150,13 @@ def plot_metrics(runs: list[dict[str, Any]], out: Path) -> list[Path]:
 
 def _log_report_run(runs: list[dict[str, Any]], out: Path) -> str | None:
     """A new MLflow run "report" (in the first tracked run's experiment) with `out` as artifacts."""
-    from equirecon.tracking import RUN_ID_FILE, _client, resolve_tracking_uri
+    from equirecon.tracking import RUN_ID_FILE, _client, run_tracking_uri
 
     first = runs[0]
     tracking = first["flags"]["tracking"]
     if tracking.get("enabled") is False:
         return None
-    client = _client(resolve_tracking_uri(tracking.get("uri") or ""))
+    client = _client(run_tracking_uri(first["dir"], tracking.get("uri") or ""))
     experiment_id = None
     for run in runs:
         id_file = run["dir"] / RUN_ID_FILE

@@ -29,10 +29,12 @@ import torch
 import yaml
 
 from equirecon.config import Config, EvalConfig, load_config
+from equirecon.errors import CheckpointError, ConfigError, MissingPathError
 from equirecon.tracking import log_to_existing_run
 from evals.providers import FLOORS, FeatureProvider, build_provider
 from evals.results import floor_result_path, step_result_path, write_json_atomic
-from pretrain.checkpoint import STEP_RE, Checkpointer
+from pretrain.checkpoint import STEP_RE, Checkpointer, latest_checkpoint, select_checkpoint
+from pretrain.checkpoint_integrity import verify_checkpoint
 from pretrain.models.backbone import Backbone, backbone_kwargs, build_backbone
 from pretrain.models.heads import SplitHead
 
@@ -82,7 +84,7 @@ def checkpoint_config(ckpt: Path) -> Config:
                     ", eval.".join(changed),
                 )
             return cfg
-    raise FileNotFoundError(f"no config.yaml in {ckpt} or its run directory {ckpt.parent.parent}")
+    raise MissingPathError(f"no config.yaml in {ckpt} or its run directory {ckpt.parent.parent}")
 
 
 def load_teacher_backbone(ckpt: str | Path, cfg: Config | None = None) -> tuple[Backbone, Config]:
@@ -101,7 +103,7 @@ def load_teacher_encoder(
     """
     ckpt = Path(ckpt)
     if not (ckpt / ".metadata").is_file():
-        raise FileNotFoundError(f"{ckpt} is not a complete DCP checkpoint (no .metadata)")
+        raise MissingPathError(f"{ckpt} is not a complete DCP checkpoint (no .metadata)")
     cfg = cfg or checkpoint_config(ckpt)
     kwargs = backbone_kwargs(cfg.model, cfg.data.global_size)
     kwargs["drop_path"] = 0.0
@@ -128,26 +130,43 @@ def load_teacher_encoder(
     return backbone.eval(), (head.eval() if head is not None else None), cfg
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from `step_X`, `checkpoints/latest` or a `checkpoints` folder."""
+def resolve_checkpoint(path: str | Path, verify: bool = True) -> Path:
+    """A checkpoint directory from `step_X`, `checkpoints/latest` or a `checkpoints` folder.
+
+    With `verify`, its files are checked against its manifest: for `latest` (or a folder) a
+    damaged newest checkpoint is passed over with a warning naming the damaged files; a damaged
+    `step_X` named explicitly is an error.
+    """
     path = Path(path)
     if path.name == "latest" or (path / "latest").is_file():
-        from pretrain.checkpoint import latest_checkpoint
-
         root = path.parent if path.name == "latest" else path
-        found = latest_checkpoint(root)
+        if verify:
+            found, damaged = select_checkpoint(root)
+            for state in damaged:
+                log.warning(
+                    "damaged checkpoint %s skipped (%s); using %s",
+                    state.path,
+                    state.describe(),
+                    found,
+                )
+        else:
+            found = latest_checkpoint(root)
         if found is None:
-            raise FileNotFoundError(f"no complete checkpoint under {root}")
+            raise MissingPathError(f"no complete checkpoint under {root}")
         return found
     if not (path / ".metadata").is_file():
-        raise FileNotFoundError(f"{path} is not a complete checkpoint directory (no .metadata)")
+        raise MissingPathError(f"{path} is not a complete checkpoint directory (no .metadata)")
+    if verify:
+        state = verify_checkpoint(path)
+        if not state.usable:
+            raise CheckpointError(f"checkpoint {path} is {state.describe()}")
     return path
 
 
 def checkpoint_step(ckpt: Path) -> int:
     m = STEP_RE.match(ckpt.name)
     if m is None:
-        raise ValueError(f"checkpoint directory {ckpt} is not named step_XXXXXXXX")
+        raise ConfigError(f"checkpoint directory {ckpt} is not named step_XXXXXXXX")
     return int(m.group(1))
 
 
@@ -371,7 +390,7 @@ def parse_tasks(text: str | list[str] | None, default: str) -> list[str]:
         return list(TASKS)
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
-        raise ValueError(f"unknown eval task(s) {unknown}; available: {', '.join(TASKS)} or all")
+        raise ConfigError(f"unknown eval task(s) {unknown}; available: {', '.join(TASKS)} or all")
     return tasks
 
 
@@ -432,7 +451,7 @@ def _apply_eval_settings(
     if overrides:
         bad = [o for o in overrides if not o.split("=", 1)[0].strip().startswith("eval.")]
         if bad:
-            raise ValueError(f"eval accepts only eval.* overrides, got {bad}")
+            raise ConfigError(f"eval accepts only eval.* overrides, got {bad}")
         holder = Config(eval=copy.deepcopy(cfg_eval))
         from equirecon.config import _set, parse_overrides
 

@@ -4,7 +4,9 @@ Layout: `RUN_DIR/checkpoints/step_00000100/` (DCP files + `config.yaml` + `meta.
 `RUN_DIR/checkpoints/latest` (a text file naming the newest complete checkpoint). A directory is
 written under a temporary name and renamed only when every rank has finished, so a crash during a
 save never leaves a half-written checkpoint under a `step_*` name, and `latest` is replaced with
-an atomic rename only after that.
+an atomic rename only after that. Each checkpoint holds `manifest.json` (size and SHA-256 of
+every file, `pretrain/checkpoint_integrity.py`), written before publication; `select_checkpoint`
+returns the newest checkpoint that still matches it and names the damaged ones it passed over.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from typing import Any
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import DefaultLoadPlanner
+
+from equirecon.errors import CheckpointError
+from pretrain.checkpoint_integrity import CheckpointState, verify_checkpoint, write_manifest
 
 STEP_RE = re.compile(r"^step_(\d{8})$")
 
@@ -65,6 +70,55 @@ def latest_checkpoint(ckpt_root: str | Path) -> Path | None:
             return candidate
     found = list_checkpoints(root)
     return found[-1][1] if found else None
+
+
+def resume_candidates(ckpt_root: str | Path) -> list[Path]:
+    """Complete checkpoints in the order to try them: the one `latest` names, then the others
+    newest first."""
+    root = Path(ckpt_root)
+    found = [path for _, path in reversed(list_checkpoints(root))]
+    named = latest_checkpoint(root)
+    if named is not None and named in found:
+        found.remove(named)
+        found.insert(0, named)
+    return found
+
+
+def select_checkpoint(ckpt_root: str | Path) -> tuple[Path | None, list[CheckpointState]]:
+    """The first intact (or unverified, i.e. legacy) checkpoint of `resume_candidates`, and the
+    damaged ones tried before it. (None, []) when there is no checkpoint.
+
+    Raises:
+        CheckpointError: there are checkpoints but every one is damaged.
+    """
+    damaged: list[CheckpointState] = []
+    for path in resume_candidates(ckpt_root):
+        state = verify_checkpoint(path)
+        if state.usable:
+            return path, damaged
+        damaged.append(state)
+    if damaged:
+        listing = "; ".join(f"{d.path.name}: {d.describe()}" for d in damaged)
+        raise CheckpointError(
+            f"every checkpoint under {ckpt_root} is damaged ({listing})",
+            hint="restore the files from a copy, or move the checkpoints folder away to start over",
+        )
+    return None, damaged
+
+
+def select_checkpoint_all_ranks(ckpt_root: str | Path) -> tuple[Path | None, list[CheckpointState]]:
+    """`select_checkpoint` run by rank 0 only (it reads every file) and shared with all ranks."""
+    result: list = [None]
+    if _rank() == 0:
+        try:
+            result[0] = select_checkpoint(ckpt_root)
+        except CheckpointError as err:
+            result[0] = err
+    if _dist_ready():
+        dist.broadcast_object_list(result, src=0)
+    if isinstance(result[0], CheckpointError):
+        raise result[0]
+    return result[0]
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -119,6 +173,7 @@ class Checkpointer:
             (tmp / "meta.json").write_text(
                 json.dumps({**meta, "step": step, "time": time.time()}, indent=1)
             )
+            write_manifest(tmp)  # every file is complete now; publish only after this
             if final.exists():  # re-saving the same step (e.g. after a resume): replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)

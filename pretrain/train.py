@@ -20,9 +20,11 @@ import torch
 from tqdm import tqdm
 
 from equirecon.config import Config, flat_dict, save_config, to_dict
-from equirecon.tracking import MetricsFile, Tracker
+from equirecon.errors import CheckpointError
+from equirecon.resume_config import check_resume_config, format_changes, load_saved_config
+from equirecon.tracking import MetricsFile, Tracker, describe_tracking
 from launch.distributed import DistInfo, all_reduce_mean, all_reduce_min, barrier, init_distributed
-from pretrain.checkpoint import Checkpointer, latest_checkpoint, read_meta
+from pretrain.checkpoint import Checkpointer, read_meta, select_checkpoint_all_ranks
 from pretrain.meters import device_peak_flops, max_memory_gb, ssl_step_flops
 from pretrain.methods import build_method
 from pretrain.methods.base import SSLMethod, StepOutput
@@ -118,6 +120,13 @@ class Trainer:
         self.run_dir = Path(cfg.run.dir)
         # Identical initial weights on every rank (the teacher is not broadcast by DDP/FSDP) ...
         torch.manual_seed(cfg.train.seed)
+        # The checkpoint to resume (verified; damaged newer ones are passed over) and the
+        # config changes it allows, before this config replaces the saved one.
+        self.resume_from, self.damaged_checkpoints = select_checkpoint_all_ranks(
+            self.run_dir / "checkpoints"
+        )
+        self.resume_changes = self._check_resume_config()
+        self._resume_used = False
 
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -157,6 +166,48 @@ class Trainer:
             backbone.num_prefix_tokens,
         )
         self.peak_flops = device_peak_flops(self.device)
+
+    def _check_resume_config(self) -> dict[str, tuple[Any, Any]]:
+        """Refuse a config that changes what the checkpoint holds; return the allowed changes."""
+        if self.resume_from is None:
+            return {}
+        saved_path = self.resume_from / "config.yaml"
+        if not saved_path.is_file():
+            saved_path = self.run_dir / "config.yaml"
+        if not saved_path.is_file():
+            return {}
+        saved_ws = read_meta(self.resume_from).get("world_size")
+        changes = check_resume_config(
+            load_saved_config(saved_path),
+            self.cfg,
+            self.run_dir,
+            saved_world_size=saved_ws,
+            world_size=self.dist.world_size,
+        )
+        if changes and self.dist.is_main:
+            log.info("resuming with changed settings (allowed):\n%s", format_changes(changes))
+        return changes
+
+    def _report_resume(self) -> None:
+        """Warn about damaged checkpoints passed over; tag the MLflow run with what happened."""
+        tags: dict[str, str] = {}
+        if self.damaged_checkpoints:
+            damaged = "; ".join(f"{d.path.name}: {d.describe()}" for d in self.damaged_checkpoints)
+            log.warning(
+                "damaged checkpoint(s) skipped: %s. Resuming from %s instead (the damaged "
+                "ones are replaced when training reaches their step again).",
+                damaged,
+                self.resume_from,
+            )
+            tags["checkpoint.damaged"] = damaged[:5000]
+        if self.resume_from is not None:
+            tags["checkpoint.resumed_from"] = self.resume_from.name
+        if self.resume_changes:
+            tags["resume.changed"] = ", ".join(
+                f"{k}: {a!r} -> {b!r}" for k, (a, b) in self.resume_changes.items()
+            )[:5000]
+        if tags and self.tracker is not None:
+            self.tracker.set_tags(tags)
 
     def resolved_params(self) -> dict[str, Any]:
         """Values derived from the config and the world size (logged as MLflow params)."""
@@ -214,24 +265,28 @@ class Trainer:
         )
 
     def maybe_resume(self) -> bool:
-        """Load `checkpoints/latest` if there is one. A checkpoint written by another number of
+        """Load the newest intact checkpoint (`checkpoints/latest` unless it is damaged) if
+        there is one. A checkpoint written by another number of
         ranks is resharded (model, teacher and optimizer exactly; the data position restarts at
         the next epoch and the RNG is reseeded, since they were per rank)."""
-        path = latest_checkpoint(self.run_dir / "checkpoints")
+        if self._resume_used:  # a second fit() of this Trainer: what is newest now
+            self.resume_from, _ = select_checkpoint_all_ranks(self.run_dir / "checkpoints")
+        self._resume_used = True
+        path = self.resume_from
         if path is None:
             return False
         meta = read_meta(path)
         saved_ws = int(meta.get("world_size", self.dist.world_size))
         resharded = saved_ws != self.dist.world_size
         if resharded and not self.engine.reshard_supported():
-            raise RuntimeError(
+            raise CheckpointError(
                 f"{path} was written by {saved_ws} ranks with train.strategy={meta.get('strategy')}; "
                 f"DeepSpeed ZeRO optimizer states resume only at the same world size (now "
                 f"{self.dist.world_size}). Resume with {saved_ws} ranks, or use ddp/fsdp2 (DCP "
                 "checkpoints reshard to any world size)."
             )
         if meta.get("strategy") == "deepspeed" and self.engine.name != "deepspeed":
-            raise RuntimeError(
+            raise CheckpointError(
                 f"{path} holds DeepSpeed optimizer state; resume it with train.strategy=deepspeed"
             )
         state = self._state(for_load=True, saved_world_size=saved_ws)
@@ -312,8 +367,11 @@ class Trainer:
                 cfg.run.name,
                 cfg.tracking.enabled,
             )
+            if self.tracker.enabled:
+                log.info("%s", describe_tracking(self.tracker.uri))
             self.tracker.log_params({**flat_dict(cfg), **self.resolved_params()})
             self.tracker.log_artifact(self.run_dir / "config.yaml")
+            self._report_resume()
             if resumed:
                 self.metrics_file.truncate_after(self.step)
         total = cfg.train.max_steps
@@ -441,7 +499,12 @@ class Trainer:
         if stats is not None:
             skipped = stats() if callable(stats) else stats
             if isinstance(skipped, dict) and "skipped" in skipped:
+                # samples lost (undecodable, in the damaged part of a shard ...) and shards
+                # damaged or unreadable; data/skipped is their sum, as before (deprecated)
                 metrics["data/skipped"] = float(skipped["skipped"])
+                for key in ("skipped_samples", "skipped_shards"):
+                    if key in skipped:
+                        metrics[f"data/{key}"] = float(skipped[key])
         if self.dist.is_main:
             self.metrics_file.append(self.step, metrics)
             if self.tracker is not None:

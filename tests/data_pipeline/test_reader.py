@@ -23,7 +23,13 @@ from data_pipeline.reader import (
     build_train_loader,
     load_images,
 )
-from data_pipeline.shards import ShardWriter, count_samples, resolve_shards, write_shards
+from data_pipeline.shards import (
+    ShardWriter,
+    count_samples,
+    resolve_shards,
+    scan_shard,
+    write_shards,
+)
 
 N_SHARDS = 4
 PER_SHARD = 24
@@ -311,12 +317,19 @@ def test_corrupt_samples_and_shards_are_skipped_and_counted(
         loader = _loader(tmp_path, batch_size=2, with_labels=True, n_local=0)
     warned = " ".join(r.getMessage() for r in caplog.records)
     assert paths["truncated"] in warned and paths["garbage"] in warned
-    assert loader.stream.shards == [paths["good"], paths["mixed"]]
+    # The truncated shard's complete samples before the cut are read (no index: 1+ lost).
+    readable = scan_shard(paths["truncated"]).samples
+    assert 0 < readable < 10
+    assert loader.stream.shards == [paths["good"], paths["mixed"], paths["truncated"]]
     _, keys = _take(loader, loader.batches_per_epoch())
     seen = {k for batch in keys for k in batch}
     assert not seen & {"bad_jpeg", "bad_ext", "no_cls"}
+    assert {k for k in seen if k.startswith("trunc")} <= {f"trunc{i:03d}" for i in range(readable)}
     stats = loader.stats
     assert stats["by_reason"]["bad_shard"] == 2
+    assert stats["by_reason"]["damaged_shard_samples"] == 1
+    assert stats["skipped_shards"] == 2
+    assert stats["skipped_samples"] == stats["skipped"] - 2
     assert stats["by_reason"]["decode_error"] >= 1
     assert stats["by_reason"]["no_image"] >= 1
     assert stats["by_reason"]["missing_cls"] >= 1
@@ -324,10 +337,10 @@ def test_corrupt_samples_and_shards_are_skipped_and_counted(
     assert set(stats["bad_shards"]) == {paths["truncated"], paths["garbage"]}
 
     images, labels = load_images(str(tmp_path), "natural", "train", 24, with_labels=True)
-    assert images.shape == (30, 3, 24, 24) and labels is not None
-    assert Counter(labels.tolist()) == {1: 20, 2: 10}
+    assert images.shape == (30 + readable, 3, 24, 24) and labels is not None
+    assert Counter(labels.tolist()) == {1: 20, 2: 10, 3: readable}
     unlabelled, none = load_images(str(tmp_path), "natural", "train", 24, with_labels=False)
-    assert unlabelled.shape[0] == 31 and none is None  # "no_cls" decodes fine without labels
+    assert unlabelled.shape[0] == 31 + readable and none is None  # "no_cls" decodes without labels
 
 
 def test_exact_resume_across_skipped_samples(tmp_path: Path) -> None:
