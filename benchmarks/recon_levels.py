@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-batches", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--decoders", default="", help="train only the decoders whose name contains this text"
+        "--decoders",
+        default="",
+        help="train only the decoders whose name contains one of these comma-separated texts",
     )
     parser.add_argument(
         "--encoder",
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.encoder:
         inputs.update(_encoder_inputs(spec, cfg, patch))
     for name, make_input in inputs.items():
-        if args.decoders not in name:
+        if not any(text in name for text in args.decoders.split(",")):
             continue
         t0 = time.perf_counter()
         probe = sample(*train_pairs[0], gen)
