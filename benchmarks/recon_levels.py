@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         decoders = torch.nn.ModuleList(
             ReconDecoder(
                 in_dim, (size, size), (grid, grid), cfg.recon.decoder_channels,
-                cfg.recon.decoder_resize,
+                cfg.recon.decoder_resize, cfg.recon.decoder_kernel,
             )
             for _ in range(k)
         )  # fmt: skip

@@ -178,6 +178,9 @@ class ReconConfig:
     # after_conv: each 3x3 convolution at the resolution it receives, resize after (a quarter
     # of the FLOPs); before_conv: resize first (the layout before 2026-12). models/decoder.py
     decoder_resize: str = "after_conv"
+    # Convolution size of the decoders (odd); 1: a local decoder that cannot move content
+    # across patches, so un-transforming is left to the encoder. models/decoder.py
+    decoder_kernel: int = 3
     log_images_every: int = 0  # 0: only at the end of training
 
 
@@ -609,6 +612,7 @@ VALUE_CHECKS: tuple[tuple[str, Rule], ...] = (
     ("recon.d_equi", POSITIVE),
     ("recon.decoder_channels", POSITIVE),
     ("recon.decoder_resize", _one_of(("after_conv", "before_conv"))),
+    ("recon.decoder_kernel", ((lambda v: v >= 1 and v % 2 == 1), "an odd integer >= 1")),
     ("recon.log_images_every", NON_NEGATIVE),
     ("split.d_patch", _ge(2)),
     ("train.max_steps", POSITIVE),

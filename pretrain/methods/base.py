@@ -113,12 +113,18 @@ def build_encoder(cfg: Any) -> Encoder:
 
 
 def build_decoders(
-    k: int, d_equi: int, image_size: int, grid: int, channels: int, resize: str = "after_conv"
+    k: int,
+    d_equi: int,
+    image_size: int,
+    grid: int,
+    channels: int,
+    resize: str = "after_conv",
+    kernel: int = 3,
 ) -> nn.ModuleList:
     """K decoders reading the per-patch concatenation [z1_equi ; z2_equi] (2·d_equi)."""
     size = (image_size, image_size)
     return nn.ModuleList(
-        ReconDecoder(2 * d_equi, size, (grid, grid), channels, resize) for _ in range(k)
+        ReconDecoder(2 * d_equi, size, (grid, grid), channels, resize, kernel) for _ in range(k)
     )
 
 
@@ -128,7 +134,9 @@ def build_recon_decoders(cfg: Any, encoder: Encoder) -> nn.ModuleList | None:
         return None
     r, size = cfg.recon, cfg.data.global_size
     grid = size // encoder.backbone.patch_size
-    return build_decoders(r.k, cfg.d_equi, size, grid, r.decoder_channels, r.decoder_resize)
+    return build_decoders(
+        r.k, cfg.d_equi, size, grid, r.decoder_channels, r.decoder_resize, r.decoder_kernel
+    )
 
 
 def decode_views(

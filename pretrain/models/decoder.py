@@ -14,7 +14,7 @@ class ReconDecoder(nn.Module):
     """Predict an image (B, 3, H, W) from per-patch features (B, N, in_dim) on an h×w grid.
 
     One linear layer per patch token to `channels`, reshape to (B, channels, h, w), then four
-    3×3 convolutions with bilinear resizes between them that reach (H, W) geometrically (for
+    `kernel`×`kernel` convolutions (3×3 by default) with bilinear resizes between them that reach (H, W) geometrically (for
     patch 16: 2× per step). Widths halve per layer (min 16); GELU between layers; the last layer
     outputs 3 channels in the normalized pixel space.
 
@@ -27,6 +27,11 @@ class ReconDecoder(nn.Module):
         - ``before_conv``: the map is resized before every convolution (grid·2, ·4, ·8, (H, W)
           for patch 16), so convolutions 1-3 run at 2× higher resolution (the layout before
           2026-12; same parameters, so its checkpoints load either way).
+
+    `kernel` (odd): the convolutions' size. 1 makes the decoder local: each output pixel reads
+    only the features bilinearly interpolated at its own position, so the decoder cannot move
+    content across patches and any geometric work (un-rotating v2) must be done by the encoder
+    (`recon.decoder_kernel`; the paper says "convolution layers" without a size).
     """
 
     def __init__(
@@ -36,15 +41,18 @@ class ReconDecoder(nn.Module):
         grid: tuple[int, int],
         channels: int = 256,
         resize: str = "after_conv",
+        kernel: int = 3,
     ) -> None:
         super().__init__()
         if resize not in DECODER_RESIZE:
             raise ValueError(f"recon.decoder_resize={resize!r}; choose one of {DECODER_RESIZE}")
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"recon.decoder_kernel={kernel}; need an odd size >= 1")
         self.out_size, self.grid, self.resize = out_size, grid, resize
         self.embed = nn.Linear(in_dim, channels)
         widths = [channels] + [max(channels // 2**i, 16) for i in range(1, 4)] + [3]
         self.convs = nn.ModuleList(
-            nn.Conv2d(widths[i], widths[i + 1], 3, padding=1) for i in range(4)
+            nn.Conv2d(widths[i], widths[i + 1], kernel, padding=kernel // 2) for i in range(4)
         )
         (h, w), (H, W) = grid, out_size
         self.sizes = [

@@ -63,6 +63,7 @@ BAD_VALUES = {
     "recon.d_equi": "0",
     "recon.decoder_channels": "0",
     "recon.decoder_resize": "nearest",
+    "recon.decoder_kernel": "2",
     "recon.log_images_every": "-1",
     "split.d_patch": "1",
     "train.max_steps": "0",

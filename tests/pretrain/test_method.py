@@ -67,6 +67,23 @@ def test_decoder_layouts_share_parameters() -> None:
         ReconDecoder(8, (32, 32), (8, 8), resize="sideways")
 
 
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_decoder_kernel_bounds_how_far_content_moves(kernel: int) -> None:
+    """A change in the top-left patch's features reaches the far quarter of the image only
+    through 3x3 convolutions; with kernel 1 each pixel reads its own position's features."""
+    torch.manual_seed(0)
+    dec = ReconDecoder(8, (32, 32), (8, 8), channels=16, kernel=kernel)
+    x = torch.randn(1, 64, 8)
+    y = x.clone()
+    y[:, 0] += 5.0  # patch (0, 0)
+    with torch.no_grad():
+        changed = (dec(x) - dec(y)).abs().amax(dim=1)[0] > 1e-6  # (32, 32)
+    assert changed[0, 0]
+    assert bool(changed[12:, 12:].any()) == (kernel == 3)
+    with pytest.raises(ValueError, match="decoder_kernel"):
+        ReconDecoder(8, (32, 32), (8, 8), kernel=2)
+
+
 def test_backbone_masking_changes_only_masked_inputs() -> None:
     torch.manual_seed(0)
     bb = build_backbone(
