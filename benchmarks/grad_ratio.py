@@ -72,25 +72,33 @@ def main(argv: list[str] | None = None) -> int:
                 save_recon_grid(out, args.grids / f"{args.run_dir.name}_{ckpt.name}.png")
             n_ssl.append(float(a.norm()))
             n_rec.append(float(b.norm()))
-            ratios.append(n_rec[-1] / max(n_ssl[-1], 1e-12))
-            cosines.append(float(torch.nn.functional.cosine_similarity(a, b, dim=0)))
+            if n_ssl[-1] > NO_GRADIENT:  # with every SSL weight 0 there is nothing to compare
+                ratios.append(n_rec[-1] / n_ssl[-1])
+                cosines.append(float(torch.nn.functional.cosine_similarity(a, b, dim=0)))
         row = {
             "checkpoint": ckpt.name,
             "grad_ssl": statistics.fmean(n_ssl),
             "grad_recon": statistics.fmean(n_rec),
-            "ratio": statistics.fmean(ratios),
-            "cosine": statistics.fmean(cosines),
+            "ratio": statistics.fmean(ratios) if ratios else None,
+            "cosine": statistics.fmean(cosines) if cosines else None,
         }
         rows.append(row)
         print(
             f"{ckpt.name}  |∇L_SSL| {row['grad_ssl']:.4f}  |∇λL_recon| {row['grad_recon']:.4f}  "
-            f"ratio {row['ratio']:.3f}  cosine {row['cosine']:+.3f}",
+            f"ratio {_fmt(row['ratio'], '.3f')}  cosine {_fmt(row['cosine'], '+.3f')}",
             flush=True,
         )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"run": str(args.run_dir), "rows": rows}, indent=1))
     return 0
+
+
+NO_GRADIENT = 1e-8  # a backbone gradient norm below this is "no SSL loss" (weights 0)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,10 @@ FINAL_KEYS = (
 )
 
 
+def _num(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
 def _json(path: Path) -> dict | list | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -63,7 +67,7 @@ def grad_table(out_dir: Path) -> list[str]:
         for r in data["rows"]:
             lines.append(
                 f"| {Path(data['run']).name} | {r['checkpoint']} | {r['grad_ssl']:.3f} | "
-                f"{r['grad_recon']:.3f} | {r['ratio']:.3f} | {r['cosine']:+.3f} |"
+                f"{r['grad_recon']:.3f} | {_num(r['ratio'], '.3f')} | {_num(r['cosine'], '+.3f')} |"
             )
     return lines
 

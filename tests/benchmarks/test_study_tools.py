@@ -120,6 +120,13 @@ def test_grad_ratio_per_checkpoint(tmp_path: Path, demo_data: Path, tracking_uri
     for r in rows:
         assert r["grad_ssl"] > 0 and r["grad_recon"] > 0 and -1 <= r["cosine"] <= 1
         assert r["ratio"] == pytest.approx(r["grad_recon"] / r["grad_ssl"], rel=0.5)
+    alone = tmp_path / "alone"  # reconstruction alone: no SSL gradient, so no ratio
+    no_ssl = ["method.dino_weight=0", "method.ibot_weight=0", "method.koleo_weight=0"]
+    pretrain(make_cfg(alone, demo_data, tracking_uri, "train.max_steps=1", *no_ssl))
+    assert grad_ratio.main([str(alone), "--batches", "1", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["grad_ssl"] < grad_ratio.NO_GRADIENT < row["grad_recon"]
+    assert row["ratio"] is None and row["cosine"] is None
     off = tmp_path / "off"
     pretrain(make_cfg(off, demo_data, tracking_uri, "train.max_steps=1", "recon.enabled=false"))
     with pytest.raises(SystemExit, match="no L_recon"):
@@ -158,6 +165,9 @@ def test_study_report_tables(tmp_path: Path) -> None:
         ],
     }
     (results / "grad_ratio_s_recon_s0.json").write_text(json.dumps(grads))
+    alone = {"checkpoint": "step_00000400", "grad_ssl": 0.0, "grad_recon": 0.1}
+    alone_rows = {"run": "s_alone_s0", "rows": [{**alone, "ratio": None, "cosine": None}]}
+    (results / "grad_ratio_s_alone_s0.json").write_text(json.dumps(alone_rows))
     out = tmp_path / "mech.md"
     assert (
         study_report.main(["s", "--runs", str(runs), "--results", str(results), "--out", str(out)])
@@ -168,5 +178,6 @@ def test_study_report_tables(tmp_path: Path) -> None:
     assert "| s_recon_s0 (step 400) | 0.500 | 2.000 |" in text  # the last 200 steps only
     assert "s_baseline_s0 (step" not in text  # no L_recon without recon
     assert "| s_recon_s0 | step_00000400 | 2.000 | 0.500 | 0.250 | -0.100 |" in text
+    assert "| s_alone_s0 | step_00000400 | 0.000 | 0.100 | – | – |" in text
     assert "| s_recon_s0 | 0.250 | 0.500 | – |" in text
     assert "| s_baseline_s0 | 0.250 | – | – | 40.000 | – |" in text
