@@ -113,23 +113,34 @@ class ShardTask:
 # ---- DALI index files ----------------------------------------------------------------------------
 
 
-def dali_index_entries(tar_path: str | os.PathLike[str]) -> list[list[tuple[str, int, int, str]]]:
+def dali_index_entries(
+    tar_path: str | os.PathLike[str], salvage: bool = False
+) -> list[list[tuple[str, int, int, str]]]:
     """Samples of a tar as DALI groups them: per sample, ``(ext, data_offset, size, name)``.
 
     Regular files only; a sample is a run of consecutive members with the same key (the name up
     to the first dot of the basename); members whose basename starts with a dot or has no dot
     are left out, as DALI does.
 
+    With ``salvage``, a damaged tar is read up to its damage instead (its entries up to the
+    first unreadable header; the caller keeps the complete ones, `shards.scan_shard`).
+
     Raises:
-        BadShardError: the tar is unreadable or truncated.
+        BadShardError: the tar is unreadable or truncated (without ``salvage``).
     """
     path = str(tar_path)
-    count_samples(path)  # validates (truncation, end-of-archive), cached
+    if not salvage:
+        count_samples(path)  # validates (truncation, end-of-archive), cached
     samples: list[list[tuple[str, int, int, str]]] = []
     last_key: str | None = None
     with open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
         while True:
-            member = tar.next()
+            try:
+                member = tar.next()
+            except (tarfile.TarError, EOFError):
+                if not salvage:
+                    raise
+                break
             if member is None:
                 break
             tar.members.clear()
@@ -147,16 +158,24 @@ def dali_index_entries(tar_path: str | os.PathLike[str]) -> list[list[tuple[str,
     return samples
 
 
-def write_dali_index(tar_path: str | os.PathLike[str], idx_path: str | os.PathLike[str]) -> int:
+def write_dali_index(
+    tar_path: str | os.PathLike[str],
+    idx_path: str | os.PathLike[str],
+    samples: list[list[tuple[str, int, int, str]]] | None = None,
+) -> int:
     """Writes the DALI index of ``tar_path`` to ``idx_path`` (atomically); returns the samples.
 
     Names with whitespace cannot be written in ``v1.2``; such a tar gets a ``v1.1`` index
     (``<ext> <offset> <size>`` per component), which DALI also reads.
 
+    ``samples`` (from `dali_index_entries`) indexes only those, e.g. the readable part of a
+    damaged shard.
+
     Raises:
         ValueError: the tar holds no sample (DALI rejects empty indexes).
     """
-    samples = dali_index_entries(tar_path)
+    if samples is None:
+        samples = dali_index_entries(tar_path)
     if not samples:
         raise ValueError(f"{tar_path} holds no sample; DALI cannot index an empty tar")
     with_names = not any(any(c.isspace() for c in comp[3]) for s in samples for comp in s)

@@ -55,10 +55,10 @@ import torch
 
 from data_pipeline.augment import BLUR_SIGMA, blur_kernel_size
 from data_pipeline.batch import IMAGENET_MEAN, IMAGENET_STD, Batch
-from data_pipeline.build import read_dali_index, write_dali_index
+from data_pipeline.build import dali_index_entries, read_dali_index, write_dali_index
 from data_pipeline.masking import BlockMaskGenerator, make_batch_masks
 from data_pipeline.reader import _TAG_MASKS, IMAGE_EXTENSIONS, derive_seed
-from data_pipeline.shards import BadShardError, resolve_shards
+from data_pipeline.shards import BadShardError, resolve_shards, scan_shard
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class DaliShards:
     index_paths: list[str]
     counts: list[int]
     bad_shards: list[str]
+    lost_samples: int = 0  # samples after the damage of salvaged shards (in bad_shards too)
 
     @property
     def total(self) -> int:
@@ -112,10 +113,14 @@ def prepare_shards(paths: Sequence[str], index_dir: str | Path) -> DaliShards:
     """Finds or writes the DALI index of every shard; leaves out unreadable ones.
 
     A shard's index is ``<shard without .tar>.idx`` next to it when that file exists and is
-    not older than the shard; otherwise one is generated into ``index_dir``.
+    not older than the shard; otherwise one is generated into ``index_dir``. A damaged shard
+    (truncated, a broken header) is indexed up to its damage, as the torch reader reads it: its
+    complete samples are used, the rest counted in ``lost_samples``, and it is listed in
+    ``bad_shards``.
     """
     image_exts = set(IMAGE_EXTENSIONS)
     kept, indexes, counts, bad = [], [], [], []
+    lost = 0
     for number, path in enumerate(paths):
         shard = Path(path)
         beside = shard.with_suffix(".idx")
@@ -124,7 +129,24 @@ def prepare_shards(paths: Sequence[str], index_dir: str | Path) -> DaliShards:
                 index = beside
             else:
                 index = Path(index_dir) / f"{number:06d}-{shard.stem}.idx"
-                write_dali_index(shard, index)
+                try:
+                    write_dali_index(shard, index)
+                except BadShardError:
+                    scan = scan_shard(str(shard))
+                    if scan.samples == 0:
+                        raise
+                    entries = dali_index_entries(shard, salvage=True)[: scan.samples]
+                    write_dali_index(shard, index, entries)
+                    known = "" if scan.expected is not None else "at least "
+                    logger.warning(
+                        "data.backend=dali: %s; using its %d readable samples, %s%d lost",
+                        scan.damage,
+                        scan.samples,
+                        known,
+                        scan.lost,
+                    )
+                    bad.append(str(path))
+                    lost += scan.lost
             samples = read_dali_index(index)
         except (BadShardError, OSError, ValueError) as err:
             logger.warning("data.backend=dali: skipping shard %s: %s", path, err)
@@ -138,7 +160,7 @@ def prepare_shards(paths: Sequence[str], index_dir: str | Path) -> DaliShards:
         kept.append(str(path))
         indexes.append(str(index))
         counts.append(count)
-    return DaliShards(kept, indexes, counts, bad)
+    return DaliShards(kept, indexes, counts, bad, lost)
 
 
 def _uniform(fn: Any, low: float, high: float) -> Any:
@@ -300,7 +322,9 @@ class DaliTrainLoader:
         self._index_dir = index_dir  # keeps generated index files alive with the loader
         self._epoch = 0
         self._batches_in_epoch = 0
-        self._skipped: Counter[str] = Counter({"bad_shard": len(shards.bad_shards)})
+        self._skipped: Counter[str] = Counter(
+            {"bad_shard": len(shards.bad_shards), "damaged_shard_samples": shards.lost_samples}
+        )
 
     def __repr__(self) -> str:
         return (

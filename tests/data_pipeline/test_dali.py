@@ -4,6 +4,7 @@ resume, bad data, the missing-DALI message, and both backends under the Trainer.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import sys
@@ -212,6 +213,29 @@ def test_bad_data_messages(tmp_path: Path) -> None:
     assert loader.stats()["by_reason"] == {"bad_shard": 1}
     assert loader.stats()["bad_shards"] == [str(cut)]
     assert next(iter(loader)).global_crops.shape == (2, 4, 3, 16, 16)
+
+
+def test_damaged_shard_is_read_up_to_its_damage(tmp_path: Path) -> None:
+    """As the torch reader: the complete samples before the damage are used, the rest counted."""
+    from data_pipeline.build import write_dali_index
+    from data_pipeline.shards import scan_shard
+
+    samples = [{"__key__": f"k{i:03d}", "jpg": _jpeg(i)} for i in range(16)]
+    intact, cut = write_shards(samples, tmp_path / "d" / "train-%06d.tar", max_samples=8)
+    write_dali_index(cut, Path(cut).with_suffix(".idx"))  # the build's index: exact losses
+    data = Path(cut).read_bytes()
+    Path(cut).write_bytes(data[: len(data) // 2])
+    scan = scan_shard(cut)
+    assert 0 < scan.samples < 8 and scan.lost == 8 - scan.samples
+    loader = _dali(tmp_path / "d", batch_size=1, n_local=0)
+    assert loader.shards.counts == [8, scan.samples]
+    assert loader.batches_per_epoch() == 8 + scan.samples
+    epoch = list(itertools.islice(iter(loader), 8 + scan.samples))  # DALI reads them all
+    assert all(b.global_crops.shape == (2, 1, 3, 16, 16) for b in epoch)
+    stats = loader.stats()
+    assert stats["by_reason"] == {"bad_shard": 1, "damaged_shard_samples": 8 - scan.samples}
+    assert (stats["skipped_samples"], stats["skipped_shards"]) == (8 - scan.samples, 1)
+    assert stats["bad_shards"] == [cut] and intact not in stats["bad_shards"]
 
 
 def test_missing_dali_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
