@@ -24,8 +24,6 @@ side (bicubic / nearest), and the metrics are computed at that side.
 
 from __future__ import annotations
 
-import io
-import itertools
 import json
 import math
 from pathlib import Path
@@ -34,12 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 
-from data_pipeline.batch import IMAGENET_MEAN, IMAGENET_STD
-from data_pipeline.reader import SkipSample, decode_image
-from data_pipeline.shards import iter_shard_samples, resolve_shards
+from data_pipeline.shards import resolve_shards
+from evals.annotated import load_annotated
 from evals.providers import FeatureProvider, extract_patch_features
 
 SUBSET = "depth"
@@ -90,30 +86,14 @@ def load_depth(
             f"`equirecon data build --format nyu-depth --src NYU_ROOT --out {path}`"
         ) from None
     scale = depth_settings(path)["scale"]
-    images, depths = [], []
-    samples = (sample for shard in shards for sample in iter_shard_samples(shard))
-    for sample in itertools.islice(samples, max_images):
-        where = f"depth sample {sample['__key__']} in {sample['__shard__']}"
-        if DEPTH_KEY not in sample:
-            raise ValueError(f"{where} lacks {DEPTH_KEY}")
-        try:
-            image = decode_image(sample)
-        except SkipSample as err:
-            raise ValueError(f"{where}: image unreadable ({err.args[0]})") from None
-        depth = Image.open(io.BytesIO(sample[DEPTH_KEY]))
-        if depth.size != image.size:
-            raise ValueError(f"{where}: depth {depth.size} and image {image.size} differ in size")
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.Resampling.BICUBIC)
-            depth = depth.resize((size, size), Image.Resampling.NEAREST)
-        images.append(torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()))
-        depths.append(torch.from_numpy(np.asarray(depth, dtype=np.float32) / scale))
-    if not images:
-        raise RuntimeError(f"no depth samples in {shards}")
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    batch = torch.stack(images).permute(0, 3, 1, 2).float().div_(255.0)
-    return (batch - mean) / std, torch.stack(depths)
+    return load_annotated(
+        shards,
+        DEPTH_KEY,
+        size,
+        max_images,
+        "depth",
+        lambda depth: np.asarray(depth, dtype=np.float32) / scale,
+    )
 
 
 METRIC_NAMES = ("rmse", "abs_rel", "delta1", "delta2", "delta3", "rmse_log", "log10")

@@ -15,8 +15,6 @@ per-pixel class ids (`seg.png`, 8-bit). Images and masks are resized to a square
 
 from __future__ import annotations
 
-import io
-import itertools
 import json
 import math
 from pathlib import Path
@@ -24,13 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 
 from data_pipeline.annotations import IGNORE_INDEX
-from data_pipeline.batch import IMAGENET_MEAN, IMAGENET_STD
-from data_pipeline.reader import SkipSample, decode_image
-from data_pipeline.shards import iter_shard_samples, resolve_shards
+from data_pipeline.shards import resolve_shards
+from evals.annotated import load_annotated
 from evals.providers import FeatureProvider, extract_patch_features
 
 SUBSET = "segmentation"
@@ -68,31 +64,14 @@ def load_segmentation(
             f"`equirecon data build-demo --out {path}` or convert ADE20K / Pascal VOC with "
             f"`equirecon data build --format ade20k|voc --src ROOT --out {path}`"
         ) from None
-    images, masks = [], []
-    samples = (sample for shard in shards for sample in iter_shard_samples(shard))
-    for sample in itertools.islice(samples, max_images):
-        where = f"segmentation sample {sample.get('__key__')} in {sample.get('__shard__')}"
-        found = sorted(k for k in sample if not k.startswith("__"))
-        if MASK_KEY not in sample:
-            raise ValueError(f"{where} lacks {MASK_KEY} (found {found})")
-        try:
-            image = decode_image(sample)
-        except SkipSample as err:
-            raise ValueError(f"{where}: no readable image ({err.args[0]}; found {found})") from None
-        mask = Image.open(io.BytesIO(sample[MASK_KEY]))
-        if mask.size != image.size:
-            raise ValueError(f"{where}: mask {mask.size} and image {image.size} differ in size")
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.Resampling.BICUBIC)
-            mask = mask.resize((size, size), Image.Resampling.NEAREST)
-        images.append(torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()))
-        masks.append(torch.from_numpy(np.asarray(mask, dtype=np.int64).copy()))
-    if not images:
-        raise RuntimeError(f"no segmentation samples in {shards}")
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    batch = torch.stack(images).permute(0, 3, 1, 2).float().div_(255.0)
-    return (batch - mean) / std, torch.stack(masks)
+    return load_annotated(
+        shards,
+        MASK_KEY,
+        size,
+        max_images,
+        "segmentation",
+        lambda mask: np.asarray(mask, dtype=np.int64).copy(),
+    )
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
