@@ -444,16 +444,65 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return parsed
 
 
+# A config file may name other files it builds on: `base: other.yaml` (or a list, applied in
+# order), resolved relative to the file itself; the file's own keys win, section by section.
+BASE_KEY = "base"
+
+
+def read_config_tree(path: str | Path) -> dict[str, Any]:
+    """The YAML mapping at `path` with its `base:` files merged under it (the key removed)."""
+    return _read_tree(Path(path), ())
+
+
+def _read_tree(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, resolved))
+        raise ConfigError(f"{path}: `{BASE_KEY}:` files include each other ({cycle})")
+    if not path.is_file():
+        raise MissingPathError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    bases = tree.pop(BASE_KEY, None)
+    if bases is None:
+        return tree
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(
+            f"{path}: `{BASE_KEY}:` must be a file name or a list of file names, got {bases!r}"
+        )
+    merged: dict[str, Any] = {}
+    for base in bases:
+        base_path = path.parent / base
+        if not base_path.is_file():
+            raise MissingPathError(f"{path}: {BASE_KEY}: {base} not found (looked at {base_path})")
+        merged = _merge_trees(merged, _read_tree(base_path, (*chain, resolved)))
+    return _merge_trees(merged, tree)
+
+
+def _merge_trees(under: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`under` updated by `over`, recursively for mappings (new dict; inputs untouched)."""
+    out = dict(under)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge_trees(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file at `path` (if any), then `key=value` overrides."""
+    """Defaults, then the YAML file at `path` (if any, with its `base:` files), then `key=value`
+    overrides."""
     cfg = Config()
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise MissingPathError(f"config file not found: {path}")
-        tree = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        tree = read_config_tree(path)
         flat = _flatten(tree)
         if _predates_recipe_keys(tree):
             for key, value in LEGACY_DEFAULTS.items():
