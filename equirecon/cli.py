@@ -30,7 +30,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     if args.data_cmd == "build" and args.format:
         return _convert_layout(args)
     if args.data_cmd == "build":
-        from data_pipeline.build import build_shards
+        from data_pipeline.build.dataset import build_shards
 
         build_shards(
             args.src,

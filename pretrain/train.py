@@ -38,10 +38,11 @@ log = logging.getLogger("equirecon.pretrain")
 
 def build_loader(cfg: Config, dist_info: DistInfo, patch_size: int):  # noqa: ANN201
     """The training reader of `data.backend` (yields `Batch` on the CPU)."""
-    from data_pipeline.reader import build_train_loader, multicrop_kwargs
+    from data_pipeline.multicrop import multicrop_kwargs
+    from data_pipeline.torch_reader.loader import build_train_loader
 
     if cfg.data.backend == "dali":
-        from data_pipeline.dali_reader import build_dali_loader  # optional: nvidia-dali
+        from data_pipeline.dali_reader.loader import build_dali_loader  # optional: nvidia-dali
 
         return build_dali_loader(cfg, dist_info, patch_size)
     if cfg.data.backend == "synthetic":

@@ -1,0 +1,316 @@
+"""`DaliTrainLoader`: the DALI reader's infinite iterable of ``Batch``es, one pipeline per epoch.
+
+See `data_pipeline.dali_reader` for order, resume (best effort) and bad-data handling.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from data_pipeline.batch import Batch
+from data_pipeline.dali_reader.failures import pipeline_failure
+from data_pipeline.dali_reader.pipeline import READER_NAME, build_pipeline, output_names
+from data_pipeline.dali_reader.shards import DaliShards, import_dali, prepare_shards
+from data_pipeline.masking import BlockMaskGenerator, make_batch_masks
+from data_pipeline.seeds import mask_seed
+from data_pipeline.shards import resolve_shards
+
+
+class _Stats(dict):
+    """A stats dict that can also be called (``loader.stats`` and ``loader.stats()`` agree)."""
+
+    def __call__(self) -> _Stats:
+        return self
+
+
+class DaliTrainLoader:
+    """Infinite iterable over multi-crop :class:`Batch`es made by DALI, epoch after epoch.
+
+    The same interface as :class:`data_pipeline.torch_reader.loader.TrainLoader`; see the module docstring
+    for order, resume (best effort) and bad-data handling. Build it with
+    :func:`build_dali_loader` or :func:`make_dali_loader`.
+    """
+
+    def __init__(
+        self,
+        shards: DaliShards,
+        *,
+        batch_size: int,
+        num_threads: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        global_size: int,
+        local_size: int,
+        n_local: int,
+        patch_size: int,
+        global_scale: tuple[float, float] = (0.32, 1.0),
+        local_scale: tuple[float, float] = (0.05, 0.32),
+        mask_prob: float = 0.5,
+        mask_ratio: tuple[float, float] = (0.1, 0.5),
+        device_id: int | None = None,
+        shuffle_buffer: int = 1024,
+        arithmetic_contrast: bool | None = None,
+        index_dir: tempfile.TemporaryDirectory[str] | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        if not 1 <= patch_size <= global_size:
+            raise ValueError(f"patch_size {patch_size} must be in [1, {global_size}]")
+        if not shards.paths:
+            raise RuntimeError(f"no readable shard for DALI (unreadable: {shards.bad_shards})")
+        self.shards = shards
+        self.batch_size = batch_size
+        self.num_threads = max(1, num_threads)
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.global_size = global_size
+        self.local_size = local_size
+        self.n_local = n_local
+        self.global_scale = (float(global_scale[0]), float(global_scale[1]))
+        self.local_scale = (float(local_scale[0]), float(local_scale[1]))
+        self.mask_prob = mask_prob
+        self.mask_ratio = (float(mask_ratio[0]), float(mask_ratio[1]))
+        grid = global_size // patch_size
+        self.mask_generator = BlockMaskGenerator((grid, grid), ratio=self.mask_ratio)
+        self.device_id = device_id
+        self.decode_device = "mixed" if device_id is not None else "cpu"
+        self.shuffle_buffer = max(1, shuffle_buffer)
+        self.arithmetic_contrast = arithmetic_contrast
+        self._index_dir = index_dir  # keeps generated index files alive with the loader
+        self._epoch = 0
+        self._batches_in_epoch = 0
+        self._skipped: Counter[str] = Counter(
+            {"bad_shard": len(shards.bad_shards), "damaged_shard_samples": shards.lost_samples}
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"DaliTrainLoader(shards={len(self.shards.paths)}, samples={self.shards.total}, "
+            f"batch_size={self.batch_size}, decode={self.decode_device}, rank={self.rank}/"
+            f"{self.world_size})"
+        )
+
+    @property
+    def epoch(self) -> int:
+        """Epoch of the next batch."""
+        return self._epoch
+
+    def batches_per_epoch(self, epoch: int | None = None) -> int:
+        """Batches every rank yields per epoch: ``floor(total / world_size) // batch_size``."""
+        return (self.shards.total // self.world_size) // self.batch_size
+
+    @property
+    def stats(self) -> _Stats:
+        """``{"skipped": int, "by_reason": {...}, "bad_shards": [...]}`` (callable too)."""
+        by_reason = {k: v for k, v in sorted(self._skipped.items()) if v > 0}
+        return _Stats(
+            skipped=sum(by_reason.values()),
+            skipped_samples=sum(v for k, v in by_reason.items() if k != "bad_shard"),
+            skipped_shards=len(self.shards.bad_shards),
+            by_reason=by_reason,
+            bad_shards=list(self.shards.bad_shards),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position after the last yielded batch (JSON-serializable)."""
+        return {
+            "backend": "dali",
+            "epoch": self._epoch,
+            "batches_in_epoch": self._batches_in_epoch,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+            "rank": self.rank,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continues from ``state`` (call before iterating); see the module docstring.
+
+        With another seed, batch size or world size it warns and starts the next epoch.
+        """
+        epoch, done = int(state["epoch"]), int(state.get("batches_in_epoch", 0))
+        same = all(
+            state.get(key, current) == current
+            for key, current in (
+                ("seed", self.seed),
+                ("batch_size", self.batch_size),
+                ("world_size", self.world_size),
+            )
+        )
+        if not same or done >= max(1, self.batches_per_epoch()):
+            if not same:
+                warnings.warn(
+                    "data loader state was saved with another seed/batch size/world size; "
+                    f"resuming at the start of epoch {epoch + (done > 0)}",
+                    stacklevel=2,
+                )
+            self._epoch, self._batches_in_epoch = epoch + (done > 0), 0
+            return
+        self._epoch, self._batches_in_epoch = epoch, done
+
+    def build_pipeline(self, epoch: int) -> Any:
+        """The (built) DALI pipeline of ``epoch`` on this rank."""
+        return build_pipeline(self, epoch)
+
+    def _make_batch(self, outputs: dict[str, torch.Tensor], epoch: int, index: int) -> Batch:
+        batch_size = self.batch_size
+        global_crops = torch.stack([outputs["global_0"], outputs["global_1"]])
+        if self.n_local:
+            local_crops = torch.stack([outputs[f"local_{i}"] for i in range(self.n_local)])
+        else:
+            local_crops = torch.empty(
+                0, batch_size, 3, self.local_size, self.local_size, device=global_crops.device
+            )
+        generator = torch.Generator().manual_seed(mask_seed(self.seed, epoch, self.rank, index))
+        masks = make_batch_masks(
+            2 * batch_size,
+            (self.mask_generator.height, self.mask_generator.width),
+            mask_prob=self.mask_prob,
+            ratio=self.mask_ratio,
+            generator=generator,
+            mask_generator=self.mask_generator,
+        ).view(2, batch_size, -1)
+        return Batch(global_crops=global_crops, local_crops=local_crops, masks=masks, labels=None)
+
+    def __iter__(self) -> Iterator[Batch]:
+        import_dali()
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        while True:
+            epoch = self._epoch
+            total = self.batches_per_epoch()
+            if total == 0:
+                raise ValueError(
+                    f"batch_size {self.batch_size} x world_size {self.world_size} is larger than "
+                    f"the {self.shards.total} samples of {len(self.shards.paths)} shards; use a "
+                    "smaller batch"
+                )
+            try:
+                pipe = self.build_pipeline(epoch)
+                batches = DALIGenericIterator(
+                    pipe,
+                    output_names(self.n_local),
+                    reader_name=READER_NAME,
+                    last_batch_policy=LastBatchPolicy.DROP,
+                    auto_reset=False,
+                )
+            except RuntimeError as err:
+                raise pipeline_failure(self, err, epoch, 0) from err
+            for index in range(total):
+                try:
+                    outputs = next(batches)[0]
+                except StopIteration:
+                    raise RuntimeError(
+                        f"DALI ended epoch {epoch} after {index} of {total} batches"
+                    ) from None
+                except RuntimeError as err:
+                    raise pipeline_failure(self, err, epoch, index) from err
+                if index < self._batches_in_epoch:
+                    continue  # resuming: replay the batches already yielded
+                self._batches_in_epoch = index + 1
+                if self._batches_in_epoch >= total:
+                    self._epoch, self._batches_in_epoch = epoch + 1, 0
+                yield self._make_batch(outputs, epoch, index)
+            del batches, pipe
+
+
+def make_dali_loader(
+    path: str,
+    *,
+    batch_size: int,
+    num_threads: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    global_size: int,
+    local_size: int,
+    n_local: int,
+    patch_size: int,
+    global_scale: tuple[float, float] = (0.32, 1.0),
+    local_scale: tuple[float, float] = (0.05, 0.32),
+    mask_prob: float = 0.5,
+    mask_ratio: tuple[float, float] = (0.1, 0.5),
+    device_id: int | None = None,
+    subset: str = "natural",
+    split: str = "train",
+    shuffle_buffer: int = 1024,
+    arithmetic_contrast: bool | None = None,
+) -> DaliTrainLoader:
+    """The DALI training reader of one rank (the arguments of ``build_train_loader``).
+
+    Args:
+        path: dataset root, folder of shards or glob (see :func:`resolve_shards`).
+        num_threads: DALI CPU threads.
+        device_id: CUDA device for ``mixed`` decoding and GPU augmentation; None = CPU only.
+        shuffle_buffer: samples in DALI's shuffle buffer (``initial_fill``).
+        arithmetic_contrast: see :func:`multicrop_view` (default: on GPU only).
+
+    Raises:
+        ImportError: DALI is missing (the message names the pip package).
+    """
+    import_dali()
+    shards = resolve_shards(path, subset=subset, split=split)
+    index_dir = tempfile.TemporaryDirectory(prefix="equirecon-dali-idx-")
+    prepared = prepare_shards(shards, index_dir.name)
+    return DaliTrainLoader(
+        prepared,
+        batch_size=batch_size,
+        num_threads=num_threads,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        global_size=global_size,
+        local_size=local_size,
+        n_local=n_local,
+        patch_size=patch_size,
+        global_scale=global_scale,
+        local_scale=local_scale,
+        mask_prob=mask_prob,
+        mask_ratio=mask_ratio,
+        device_id=device_id,
+        shuffle_buffer=shuffle_buffer,
+        arithmetic_contrast=arithmetic_contrast,
+        index_dir=index_dir,
+    )
+
+
+def build_dali_loader(cfg: Any, dist_info: Any, patch_size: int) -> DaliTrainLoader:
+    """The DALI reader for a run (``cfg``: :class:`equirecon.config.Config`).
+
+    ``data.num_workers`` sets the DALI threads (at least 1). Decoding is ``mixed`` on this
+    rank's GPU when CUDA is available, else on the CPU (``device_id=None``).
+    """
+    data = cfg.data
+    if getattr(data, "augmentations", "all") != "all":
+        raise ValueError(
+            f"data.augmentations={data.augmentations!r} is only implemented by "
+            "data.backend=torch; use it, or data.augmentations=all"
+        )
+    device_id = None
+    if torch.cuda.is_available():
+        device = getattr(dist_info, "device", None)
+        if device is not None and device.type == "cuda" and device.index is not None:
+            device_id = device.index
+        else:
+            device_id = torch.cuda.current_device()
+    from data_pipeline.multicrop import multicrop_kwargs
+
+    return make_dali_loader(
+        data.path,
+        num_threads=data.num_workers,
+        device_id=device_id,
+        **multicrop_kwargs(cfg, dist_info.rank, dist_info.world_size, patch_size),
+    )
+
+
+__all__ = ["DaliTrainLoader", "build_dali_loader", "make_dali_loader"]
