@@ -284,33 +284,4 @@ def make_dali_loader(
     )
 
 
-def build_dali_loader(cfg: Any, dist_info: Any, patch_size: int) -> DaliTrainLoader:
-    """The DALI reader for a run (``cfg``: :class:`equirecon.config.Config`).
-
-    ``data.num_workers`` sets the DALI threads (at least 1). Decoding is ``mixed`` on this
-    rank's GPU when CUDA is available, else on the CPU (``device_id=None``).
-    """
-    data = cfg.data
-    if getattr(data, "augmentations", "all") != "all":
-        raise ValueError(
-            f"data.augmentations={data.augmentations!r} is only implemented by "
-            "data.backend=torch; use it, or data.augmentations=all"
-        )
-    device_id = None
-    if torch.cuda.is_available():
-        device = getattr(dist_info, "device", None)
-        if device is not None and device.type == "cuda" and device.index is not None:
-            device_id = device.index
-        else:
-            device_id = torch.cuda.current_device()
-    from data_pipeline.multicrop import multicrop_kwargs
-
-    return make_dali_loader(
-        data.path,
-        num_threads=data.num_workers,
-        device_id=device_id,
-        **multicrop_kwargs(cfg, dist_info.rank, dist_info.world_size, patch_size),
-    )
-
-
-__all__ = ["DaliTrainLoader", "build_dali_loader", "make_dali_loader"]
+__all__ = ["DaliTrainLoader", "make_dali_loader"]
