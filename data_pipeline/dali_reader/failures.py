@@ -27,9 +27,9 @@ def locate_bad_image(
     paths, _ = epoch_shards(loader, epoch)
     count_of = dict(zip(loader.shards.paths, loader.shards.counts))
     total = loader.shards.total
-    start = total * loader.rank // loader.world_size
-    end = total * (loader.rank + 1) // loader.world_size
-    stop = min(end, start + (batch_index + 4) * loader.batch_size + loader.shuffle_buffer)
+    start = total * loader.crops.rank // loader.crops.world_size
+    end = total * (loader.crops.rank + 1) // loader.crops.world_size
+    stop = min(end, start + (batch_index + 4) * loader.crops.batch_size + loader.shuffle_buffer)
     position = 0
     for path in paths:
         if position >= stop:
@@ -64,7 +64,8 @@ def pipeline_failure(
         if found is not None:
             where = f"shard {found[0]}, sample {found[1]!r} ({found[2]})"
         return RuntimeError(
-            f"DALI could not decode an image in epoch {epoch} on rank {loader.rank}: {where}. "
+            f"DALI could not decode an image in epoch {epoch} on rank {loader.crops.rank}: "
+            f"{where}. "
             "DALI cannot skip undecodable images; rebuild the shards with `equirecon data "
             "build` (it leaves bad files out) or use data.backend=torch (it skips them). "
             "DALI's message:\n" + text

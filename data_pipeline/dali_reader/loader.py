@@ -17,7 +17,7 @@ from data_pipeline.batch import Batch
 from data_pipeline.dali_reader.failures import pipeline_failure
 from data_pipeline.dali_reader.pipeline import READER_NAME, build_pipeline, output_names
 from data_pipeline.dali_reader.shards import DaliShards, import_dali, prepare_shards
-from data_pipeline.masking import BlockMaskGenerator, make_batch_masks
+from data_pipeline.multicrop import MultiCrop
 from data_pipeline.seeds import mask_seed
 from data_pipeline.shards import resolve_shards
 
@@ -32,56 +32,34 @@ class _Stats(dict):
 class DaliTrainLoader:
     """Infinite iterable over multi-crop :class:`Batch`es made by DALI, epoch after epoch.
 
-    The same interface as :class:`data_pipeline.torch_reader.loader.TrainLoader`; see the module docstring
-    for order, resume (best effort) and bad-data handling. Build it with
-    :func:`build_dali_loader` or :func:`make_dali_loader`.
+    The same interface as :class:`data_pipeline.torch_reader.loader.TrainLoader`; see
+    `data_pipeline.dali_reader` for order, resume (best effort) and bad-data handling. Build it
+    with :func:`make_dali_loader` (a run: ``data.backend=dali``, `data_pipeline.backends`).
     """
 
     def __init__(
         self,
         shards: DaliShards,
+        crops: MultiCrop,
         *,
-        batch_size: int,
         num_threads: int,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-        global_size: int,
-        local_size: int,
-        n_local: int,
-        patch_size: int,
-        global_scale: tuple[float, float] = (0.32, 1.0),
-        local_scale: tuple[float, float] = (0.05, 0.32),
-        mask_prob: float = 0.5,
-        mask_ratio: tuple[float, float] = (0.1, 0.5),
         device_id: int | None = None,
         shuffle_buffer: int = 1024,
         arithmetic_contrast: bool | None = None,
         index_dir: tempfile.TemporaryDirectory[str] | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-        if not 1 <= patch_size <= global_size:
-            raise ValueError(f"patch_size {patch_size} must be in [1, {global_size}]")
+        if crops.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {crops.batch_size}")
+        if not 0 <= crops.rank < crops.world_size:
+            raise ValueError(f"rank must be in [0, {crops.world_size}), got {crops.rank}")
+        if not 1 <= crops.patch_size <= crops.global_size:
+            raise ValueError(f"patch_size {crops.patch_size} must be in [1, {crops.global_size}]")
         if not shards.paths:
             raise RuntimeError(f"no readable shard for DALI (unreadable: {shards.bad_shards})")
         self.shards = shards
-        self.batch_size = batch_size
+        self.crops = crops
         self.num_threads = max(1, num_threads)
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.global_size = global_size
-        self.local_size = local_size
-        self.n_local = n_local
-        self.global_scale = (float(global_scale[0]), float(global_scale[1]))
-        self.local_scale = (float(local_scale[0]), float(local_scale[1]))
-        self.mask_prob = mask_prob
-        self.mask_ratio = (float(mask_ratio[0]), float(mask_ratio[1]))
-        grid = global_size // patch_size
-        self.mask_generator = BlockMaskGenerator((grid, grid), ratio=self.mask_ratio)
+        self.masks = crops.masks()
         self.device_id = device_id
         self.decode_device = "mixed" if device_id is not None else "cpu"
         self.shuffle_buffer = max(1, shuffle_buffer)
@@ -96,8 +74,8 @@ class DaliTrainLoader:
     def __repr__(self) -> str:
         return (
             f"DaliTrainLoader(shards={len(self.shards.paths)}, samples={self.shards.total}, "
-            f"batch_size={self.batch_size}, decode={self.decode_device}, rank={self.rank}/"
-            f"{self.world_size})"
+            f"batch_size={self.crops.batch_size}, decode={self.decode_device}, "
+            f"rank={self.crops.rank}/{self.crops.world_size})"
         )
 
     @property
@@ -107,7 +85,7 @@ class DaliTrainLoader:
 
     def batches_per_epoch(self, epoch: int | None = None) -> int:
         """Batches every rank yields per epoch: ``floor(total / world_size) // batch_size``."""
-        return (self.shards.total // self.world_size) // self.batch_size
+        return (self.shards.total // self.crops.world_size) // self.crops.batch_size
 
     @property
     def stats(self) -> _Stats:
@@ -127,10 +105,10 @@ class DaliTrainLoader:
             "backend": "dali",
             "epoch": self._epoch,
             "batches_in_epoch": self._batches_in_epoch,
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "world_size": self.world_size,
-            "rank": self.rank,
+            "seed": self.crops.seed,
+            "batch_size": self.crops.batch_size,
+            "world_size": self.crops.world_size,
+            "rank": self.crops.rank,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -142,9 +120,9 @@ class DaliTrainLoader:
         same = all(
             state.get(key, current) == current
             for key, current in (
-                ("seed", self.seed),
-                ("batch_size", self.batch_size),
-                ("world_size", self.world_size),
+                ("seed", self.crops.seed),
+                ("batch_size", self.crops.batch_size),
+                ("world_size", self.crops.world_size),
             )
         )
         if not same or done >= max(1, self.batches_per_epoch()):
@@ -163,23 +141,23 @@ class DaliTrainLoader:
         return build_pipeline(self, epoch)
 
     def _make_batch(self, outputs: dict[str, torch.Tensor], epoch: int, index: int) -> Batch:
-        batch_size = self.batch_size
+        batch_size = self.crops.batch_size
         global_crops = torch.stack([outputs["global_0"], outputs["global_1"]])
-        if self.n_local:
-            local_crops = torch.stack([outputs[f"local_{i}"] for i in range(self.n_local)])
+        if self.crops.n_local:
+            local_crops = torch.stack([outputs[f"local_{i}"] for i in range(self.crops.n_local)])
         else:
             local_crops = torch.empty(
-                0, batch_size, 3, self.local_size, self.local_size, device=global_crops.device
+                0,
+                batch_size,
+                3,
+                self.crops.local_size,
+                self.crops.local_size,
+                device=global_crops.device,
             )
-        generator = torch.Generator().manual_seed(mask_seed(self.seed, epoch, self.rank, index))
-        masks = make_batch_masks(
-            2 * batch_size,
-            (self.mask_generator.height, self.mask_generator.width),
-            mask_prob=self.mask_prob,
-            ratio=self.mask_ratio,
-            generator=generator,
-            mask_generator=self.mask_generator,
-        ).view(2, batch_size, -1)
+        generator = torch.Generator().manual_seed(
+            mask_seed(self.crops.seed, epoch, self.crops.rank, index)
+        )
+        masks = self.masks(batch_size, generator)
         return Batch(global_crops=global_crops, local_crops=local_crops, masks=masks, labels=None)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -191,15 +169,15 @@ class DaliTrainLoader:
             total = self.batches_per_epoch()
             if total == 0:
                 raise ValueError(
-                    f"batch_size {self.batch_size} x world_size {self.world_size} is larger than "
-                    f"the {self.shards.total} samples of {len(self.shards.paths)} shards; use a "
+                    f"batch_size {self.crops.batch_size} x world_size {self.crops.world_size} is "
+                    f"larger than the {self.shards.total} samples of {len(self.shards.paths)} shards; use a "
                     "smaller batch"
                 )
             try:
                 pipe = self.build_pipeline(epoch)
                 batches = DALIGenericIterator(
                     pipe,
-                    output_names(self.n_local),
+                    output_names(self.crops.n_local),
                     reader_name=READER_NAME,
                     last_batch_policy=LastBatchPolicy.DROP,
                     auto_reset=False,
@@ -227,24 +205,13 @@ class DaliTrainLoader:
 def make_dali_loader(
     path: str,
     *,
-    batch_size: int,
     num_threads: int,
-    seed: int,
-    rank: int = 0,
-    world_size: int = 1,
-    global_size: int,
-    local_size: int,
-    n_local: int,
-    patch_size: int,
-    global_scale: tuple[float, float] = (0.32, 1.0),
-    local_scale: tuple[float, float] = (0.05, 0.32),
-    mask_prob: float = 0.5,
-    mask_ratio: tuple[float, float] = (0.1, 0.5),
     device_id: int | None = None,
     subset: str = "natural",
     split: str = "train",
     shuffle_buffer: int = 1024,
     arithmetic_contrast: bool | None = None,
+    **crops: Any,
 ) -> DaliTrainLoader:
     """The DALI training reader of one rank (the arguments of ``build_train_loader``).
 
@@ -252,31 +219,23 @@ def make_dali_loader(
         path: dataset root, folder of shards or glob (see :func:`resolve_shards`).
         num_threads: DALI CPU threads.
         device_id: CUDA device for ``mixed`` decoding and GPU augmentation; None = CPU only.
+        subset, split: subset and split of a dataset root.
         shuffle_buffer: samples in DALI's shuffle buffer (``initial_fill``).
         arithmetic_contrast: see :func:`multicrop_view` (default: on GPU only).
+        crops: the fields of :class:`~data_pipeline.multicrop.MultiCrop`.
 
     Raises:
         ImportError: DALI is missing (the message names the pip package).
     """
+    spec = MultiCrop(**crops)
     import_dali()
     shards = resolve_shards(path, subset=subset, split=split)
     index_dir = tempfile.TemporaryDirectory(prefix="equirecon-dali-idx-")
     prepared = prepare_shards(shards, index_dir.name)
     return DaliTrainLoader(
         prepared,
-        batch_size=batch_size,
+        spec,
         num_threads=num_threads,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-        global_size=global_size,
-        local_size=local_size,
-        n_local=n_local,
-        patch_size=patch_size,
-        global_scale=global_scale,
-        local_scale=local_scale,
-        mask_prob=mask_prob,
-        mask_ratio=mask_ratio,
         device_id=device_id,
         shuffle_buffer=shuffle_buffer,
         arithmetic_contrast=arithmetic_contrast,

@@ -17,7 +17,6 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from data_pipeline.decode import SkipSample, decode_image, decode_label
-from data_pipeline.masking import make_batch_masks
 from data_pipeline.seeds import TAG_AUGMENT, derive_seed, mask_seed
 from data_pipeline.shards import Sample
 from data_pipeline.torch_reader.stream import short_list
@@ -56,11 +55,9 @@ class MultiCropBatches(IterableDataset):
         super().__init__()
         self.stream = loader.stream
         self.augment = loader.augment
-        self.mask_generator = loader.mask_generator
+        self.masks = loader.masks
         self.batch_size = loader.batch_size
         self.with_labels = loader.with_labels
-        self.mask_prob = loader.mask_prob
-        self.mask_ratio = loader.mask_ratio
         self.seed = loader.seed
         self.job = job
 
@@ -156,14 +153,7 @@ class MultiCropBatches(IterableDataset):
             generator = torch.Generator().manual_seed(
                 mask_seed(self.seed, epoch, rank, batch_index)
             )
-            masks = make_batch_masks(
-                2 * batch_size,
-                (self.mask_generator.height, self.mask_generator.width),
-                mask_prob=self.mask_prob,
-                ratio=self.mask_ratio,
-                generator=generator,
-                mask_generator=self.mask_generator,
-            ).view(2, batch_size, -1)
+            masks = self.masks(batch_size, generator)
         return {
             "global_crops": global_crops,
             "local_crops": local_crops,

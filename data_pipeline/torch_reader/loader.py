@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 
 from data_pipeline.augment import MultiCropAugmentation
 from data_pipeline.batch import Batch
-from data_pipeline.masking import BlockMaskGenerator
+from data_pipeline.masking import GlobalCropMasks
+from data_pipeline.multicrop import MultiCrop
 from data_pipeline.seeds import derive_seed
 from data_pipeline.shards import resolve_shards
 from data_pipeline.torch_reader.batches import EpochJob, MultiCropBatches
@@ -60,10 +61,7 @@ class TrainLoader:
         self.num_workers = num_workers
         self.seed = seed
         self.with_labels = with_labels
-        self.mask_prob = mask_prob
-        self.mask_ratio = (float(mask_ratio[0]), float(mask_ratio[1]))
-        grid_side = augment.global_size // patch_size
-        self.mask_generator = BlockMaskGenerator((grid_side, grid_side), ratio=self.mask_ratio)
+        self.masks = GlobalCropMasks(augment.global_size, patch_size, mask_prob, mask_ratio)
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.last_keys: list[str] = []
         self._epoch = 0
@@ -210,43 +208,20 @@ class TrainLoader:
 def build_train_loader(
     path: str,
     *,
-    batch_size: int,
     num_workers: int,
-    seed: int,
-    rank: int = 0,
-    world_size: int = 1,
-    global_size: int,
-    local_size: int,
-    n_local: int,
-    patch_size: int,
-    global_scale: tuple[float, float] = (0.32, 1.0),
-    local_scale: tuple[float, float] = (0.05, 0.32),
-    mask_prob: float = 0.5,
-    mask_ratio: tuple[float, float] = (0.1, 0.5),
     subset: str = "natural",
     split: str = "train",
     with_labels: bool = False,
     pin_memory: bool = False,
     shuffle_buffer: int = 1000,
     augmentations: str = "all",
+    **crops: Any,
 ) -> TrainLoader:
     """The training reader of one rank.
 
     Args:
         path: dataset root, folder of shards or glob (see :func:`resolve_shards`).
-        batch_size: images per batch on this rank.
         num_workers: DataLoader worker processes (0 = in-process).
-        seed: base seed of order, augmentations and masks.
-        rank: this process's rank.
-        world_size: number of ranks.
-        global_size: global crop side (pixels).
-        local_size: local crop side (pixels).
-        n_local: local crops per image.
-        patch_size: ViT patch side (pixels); masks have ``(global_size // patch_size)**2`` cells.
-        global_scale: area fraction range of global crops.
-        local_scale: area fraction range of local crops.
-        mask_prob: fraction of global crops that get an iBOT mask.
-        mask_ratio: (min, max) masked fraction of a masked crop.
         subset: subset of a dataset root (``natural``, ``labelled``).
         split: split of a dataset root (``train``, ``val``).
         with_labels: read ``cls`` labels (samples without one are skipped).
@@ -254,32 +229,41 @@ def build_train_loader(
         shuffle_buffer: samples in each worker's shuffle buffer.
         augmentations: ``"all"`` (the base method's) or ``"rot"`` (random rotations only), see
             :class:`~data_pipeline.augment.MultiCropAugmentation`.
+        crops: the fields of :class:`~data_pipeline.multicrop.MultiCrop` (``batch_size``,
+            ``seed`` of order, augmentations and masks, ``rank``, ``world_size``, crop sizes
+            and scales, ``patch_size``, ``mask_prob``, ``mask_ratio``).
 
     Returns:
         An infinite, exactly resumable iterable of :class:`Batch` with global crops
         (2, B, 3, G, G), local crops (L, B, 3, l, l), masks (2, B, N) and labels (B,) or None.
     """
+    spec = MultiCrop(**crops)
     shards = resolve_shards(path, subset=subset, split=split)
     stream = ShardSampleStream(
         shards,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
+        seed=spec.seed,
+        rank=spec.rank,
+        world_size=spec.world_size,
         num_workers=num_workers,
         shuffle_buffer=shuffle_buffer,
     )
     augment = MultiCropAugmentation(
-        global_size, local_size, n_local, global_scale, local_scale, augmentations=augmentations
+        spec.global_size,
+        spec.local_size,
+        spec.n_local,
+        spec.global_scale,
+        spec.local_scale,
+        augmentations=augmentations,
     )
     return TrainLoader(
         stream,
         augment,
-        batch_size=batch_size,
+        batch_size=spec.batch_size,
         num_workers=num_workers,
-        seed=seed,
-        patch_size=patch_size,
-        mask_prob=mask_prob,
-        mask_ratio=mask_ratio,
+        seed=spec.seed,
+        patch_size=spec.patch_size,
+        mask_prob=spec.mask_prob,
+        mask_ratio=spec.mask_ratio,
         with_labels=with_labels,
         pin_memory=pin_memory,
     )
