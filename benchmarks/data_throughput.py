@@ -5,7 +5,7 @@ Per image: 2 global + ``n_local`` local crops (DINOv2's augmentations), then on 
 device g = SE(2) on global crop 2 and the K = 2 intermediates (``data_pipeline.transforms``),
 and iBOT masks. Paths:
 
-- ``torch``: our reader (``data_pipeline.reader``, ``num_workers`` processes);
+- ``torch``: our reader (``data_pipeline.torch_reader``, ``num_workers`` processes);
 - ``dali``: our DALI reader (``data_pipeline.dali_reader``, ``num_workers`` DALI threads;
   CPU decode here, ``mixed`` GPU decode where CUDA exists);
 - ``reference``: DINOv2's recipe with ``torchvision.transforms`` on PIL images
@@ -141,7 +141,7 @@ def _batches(path: str, args: argparse.Namespace) -> tuple[Iterator[Any], Callab
     sizes = {"global_size": args.global_size, "local_size": args.local_size}
     common = {"batch_size": args.batch_size, "seed": 0, "n_local": args.n_local, **sizes}
     if path == "torch":
-        from data_pipeline.reader import build_train_loader
+        from data_pipeline.torch_reader.loader import build_train_loader
 
         loader = build_train_loader(
             args.data, num_workers=args.workers, patch_size=args.patch_size, **common
@@ -152,7 +152,7 @@ def _batches(path: str, args: argparse.Namespace) -> tuple[Iterator[Any], Callab
             batches.close,
         )
     if path == "dali":
-        from data_pipeline.dali_reader import make_dali_loader
+        from data_pipeline.dali_reader.loader import make_dali_loader
 
         device_id = torch.cuda.current_device() if torch.cuda.is_available() else None
         loader = make_dali_loader(
@@ -241,7 +241,7 @@ def make_data(out: Path, n_images: int, image_px: int, workers: int, seed: int =
     import numpy as np
     from PIL import Image
 
-    from data_pipeline.build import build_shards
+    from data_pipeline.build.dataset import build_shards
     from data_pipeline.demo import load_photos
 
     src = out / "src"

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from data_pipeline.reader import load_images
+    from data_pipeline.eval_images import load_images
     from data_pipeline.transforms import build_transform
     from equirecon.config import load_config
     from evals.equivariance import ProbeView, equivariance_r2

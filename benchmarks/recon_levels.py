@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from data_pipeline.reader import build_train_loader, multicrop_kwargs
+    from data_pipeline.multicrop import multicrop_kwargs
+    from data_pipeline.torch_reader.loader import build_train_loader
     from data_pipeline.transforms import build_transform
     from equirecon.config import load_config
     from pretrain.losses.recon import recon_loss

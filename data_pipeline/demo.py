@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -308,6 +309,17 @@ def _load_labelled(n_train: int, n_val: int, rng: np.random.Generator) -> _Label
     )
 
 
+def _write_split(
+    tmp: Path, subset: str, split: str, samples: Iterable[dict[str, Any]]
+) -> tuple[list[str], int]:
+    """Writes ``samples`` as ``tmp/<subset>/<split>-%06d.tar``; returns the shard paths
+    (relative to ``tmp``) and the number of samples."""
+    with ShardWriter(tmp / subset / f"{split}-%06d.tar", SHARD_MAX_SAMPLES) as sink:
+        for sample in samples:
+            sink.write(sample)
+    return [str(Path(s).relative_to(tmp)) for s in sink.shards], sink.total
+
+
 def _labelled_samples(labelled: _Labelled, split: str):
     images, labels, source_idx, source = labelled.splits[split]
     for i, (image, label, index) in enumerate(zip(images, labels, source_idx)):
@@ -519,19 +531,16 @@ def build_demo(
             total=n_train_crops + n_val_crops, desc="demo crops", disable=not progress
         ) as bar:
             for split, (n_crops, rng) in crops.items():
-                with ShardWriter(tmp / "natural" / f"{split}-%06d.tar", SHARD_MAX_SAMPLES) as sink:
-                    for sample in _crop_samples(by_split[split], n_crops, crop_px, split, rng, bar):
-                        sink.write(sample)
-                shards["natural"][split] = [str(Path(s).relative_to(tmp)) for s in sink.shards]
-                counts["natural"][split] = sink.total
+                samples = _crop_samples(by_split[split], n_crops, crop_px, split, rng, bar)
+                shards["natural"][split], counts["natural"][split] = _write_split(
+                    tmp, "natural", split, samples
+                )
 
         labelled = _load_labelled(labelled_train, labelled_val, rng_labelled)
         for split in ("train", "val"):
-            with ShardWriter(tmp / "labelled" / f"{split}-%06d.tar", SHARD_MAX_SAMPLES) as sink:
-                for sample in _labelled_samples(labelled, split):
-                    sink.write(sample)
-            shards["labelled"][split] = [str(Path(s).relative_to(tmp)) for s in sink.shards]
-            counts["labelled"][split] = sink.total
+            shards["labelled"][split], counts["labelled"][split] = _write_split(
+                tmp, "labelled", split, _labelled_samples(labelled, split)
+            )
 
         seg_manifest = None
         if segmentation:
@@ -539,20 +548,18 @@ def build_demo(
             seg_counts: dict[str, int] = {}
             for split in ("train", "val"):
                 items, labels, _, _ = labelled.splits[split]
-                pattern = tmp / "segmentation" / f"{split}-%06d.tar"
-                with ShardWriter(pattern, SHARD_MAX_SAMPLES) as sink:
-                    for sample in _scene_samples(
-                        by_split[split],
-                        items,
-                        labels,
-                        params["segmentation"][split],
-                        crop_px,
-                        split,
-                        rng_scenes,
-                    ):
-                        sink.write(sample)
-                seg_shards[split] = [str(Path(s).relative_to(tmp)) for s in sink.shards]
-                seg_counts[split] = sink.total
+                samples = _scene_samples(
+                    by_split[split],
+                    items,
+                    labels,
+                    params["segmentation"][split],
+                    crop_px,
+                    split,
+                    rng_scenes,
+                )
+                seg_shards[split], seg_counts[split] = _write_split(
+                    tmp, "segmentation", split, samples
+                )
             seg_manifest = {
                 "counts": seg_counts,
                 "shards": seg_shards,
@@ -566,15 +573,13 @@ def build_demo(
             depth_shards: dict[str, list[str]] = {}
             depth_counts: dict[str, int] = {}
             for split in ("train", "val"):
-                pattern = tmp / "depth" / f"{split}-%06d.tar"
                 textures = [p.image for p in by_split[split]]
-                with ShardWriter(pattern, SHARD_MAX_SAMPLES) as sink:
-                    for sample in depth_scene_samples(
-                        textures, params["depth"][split], crop_px, split, rng_depth
-                    ):
-                        sink.write(sample)
-                depth_shards[split] = [str(Path(s).relative_to(tmp)) for s in sink.shards]
-                depth_counts[split] = sink.total
+                samples = depth_scene_samples(
+                    textures, params["depth"][split], crop_px, split, rng_depth
+                )
+                depth_shards[split], depth_counts[split] = _write_split(
+                    tmp, "depth", split, samples
+                )
             depth_manifest = {
                 "counts": depth_counts,
                 "shards": depth_shards,

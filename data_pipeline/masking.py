@@ -145,3 +145,34 @@ def make_batch_masks(
         masks[i] = gen(int(num_patches * image_ratio), generator)
     order = torch.randperm(n_images, generator=generator)
     return masks[order]
+
+
+class GlobalCropMasks:
+    """The iBOT masks of a batch's two global crops, as every reader draws them.
+
+    Args:
+        global_size: global crop side (pixels).
+        patch_size: patch side (pixels); the grid is ``global_size // patch_size`` square.
+        mask_prob: fraction of the ``2 B`` crops that get a mask.
+        ratio: (min, max) masked fraction of a masked crop.
+    """
+
+    def __init__(
+        self, global_size: int, patch_size: int, mask_prob: float, ratio: tuple[float, float]
+    ) -> None:
+        side = global_size // patch_size
+        self.generator = BlockMaskGenerator((side, side), ratio=(float(ratio[0]), float(ratio[1])))
+        self.mask_prob = mask_prob
+
+    def __call__(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """(2, batch_size, N) bool masks, True = masked (:func:`make_batch_masks` of the
+        ``2 * batch_size`` crops, crop-major), drawn from ``generator``."""
+        gen = self.generator
+        return make_batch_masks(
+            2 * batch_size,
+            (gen.height, gen.width),
+            mask_prob=self.mask_prob,
+            ratio=gen.ratio,
+            generator=generator,
+            mask_generator=gen,
+        ).view(2, batch_size, -1)

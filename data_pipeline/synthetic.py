@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from data_pipeline.batch import Batch
-from data_pipeline.masking import BlockMaskGenerator, make_batch_masks
+from data_pipeline.multicrop import MultiCrop
 
 
 def _smooth_images(n: int, size: int, generator: torch.Generator, low_res: int = 4) -> torch.Tensor:
@@ -27,63 +27,39 @@ def _smooth_images(n: int, size: int, generator: torch.Generator, low_res: int =
 class SyntheticLoader:
     """Endless iterable of `Batch` for one rank; `state_dict()` is the next step."""
 
-    def __init__(
-        self,
-        *,
-        batch_size: int,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-        global_size: int,
-        local_size: int,
-        n_local: int,
-        patch_size: int,
-        mask_prob: float = 0.5,
-        mask_ratio: tuple[float, float] = (0.1, 0.5),
-        num_classes: int = 10,
-        **_: Any,
-    ) -> None:
-        if global_size % patch_size:
-            raise ValueError(f"data.global_size={global_size} is not a multiple of {patch_size}")
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.global_size = global_size
-        self.local_size = local_size
-        self.n_local = n_local
-        self.mask_prob = mask_prob
+    def __init__(self, *, num_classes: int = 10, **crops: Any) -> None:
+        """``crops``: the fields of :class:`~data_pipeline.multicrop.MultiCrop` (the crop
+        scales are not used: crops are drawn, not cut)."""
+        spec = MultiCrop(**crops)
+        if spec.global_size % spec.patch_size:
+            raise ValueError(
+                f"data.global_size={spec.global_size} is not a multiple of {spec.patch_size}"
+            )
+        self.crops = spec
+        self.masks = spec.masks()
         self.num_classes = num_classes
-        grid = (global_size // patch_size, global_size // patch_size)
-        self.mask_generator = BlockMaskGenerator(grid, ratio=mask_ratio)
         self.step = 0
 
     def global_batch(self, step: int) -> Batch:
         """All ranks' images of `step` (global batch size B·W)."""
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        n = self.batch_size * self.world_size
-        global_crops = _smooth_images(2 * n, self.global_size, gen).view(
-            2, n, 3, self.global_size, self.global_size
+        c = self.crops
+        gen = torch.Generator().manual_seed(c.seed * 1_000_003 + step)
+        n = c.batch_size * c.world_size
+        global_crops = _smooth_images(2 * n, c.global_size, gen).view(
+            2, n, 3, c.global_size, c.global_size
         )
-        local_crops = _smooth_images(self.n_local * n, self.local_size, gen).view(
-            self.n_local, n, 3, self.local_size, self.local_size
+        local_crops = _smooth_images(c.n_local * n, c.local_size, gen).view(
+            c.n_local, n, 3, c.local_size, c.local_size
         )
-        grid = (self.mask_generator.height, self.mask_generator.width)
-        masks = make_batch_masks(
-            2 * n,
-            grid,
-            self.mask_prob,
-            ratio=self.mask_generator.ratio,
-            generator=gen,
-            mask_generator=self.mask_generator,
-        ).view(2, n, -1)
+        masks = self.masks(n, gen)
         labels = torch.randint(0, self.num_classes, (n,), generator=gen)
         return Batch(global_crops, local_crops, masks, labels)
 
     def batch(self, step: int) -> Batch:
         """This rank's slice of `global_batch(step)`."""
         full = self.global_batch(step)
-        rows = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        rank, batch_size = self.crops.rank, self.crops.batch_size
+        rows = slice(rank * batch_size, (rank + 1) * batch_size)
         return Batch(
             full.global_crops[:, rows].contiguous(),
             full.local_crops[:, rows].contiguous(),
@@ -98,7 +74,7 @@ class SyntheticLoader:
             yield batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "seed": self.seed}
+        return {"step": self.step, "seed": self.crops.seed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state.get("step", 0))

@@ -30,7 +30,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     if args.data_cmd == "build" and args.format:
         return _convert_layout(args)
     if args.data_cmd == "build":
-        from data_pipeline.build import build_shards
+        from data_pipeline.build.dataset import build_shards
 
         build_shards(
             args.src,
@@ -317,7 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0, help="seed of the file order")
     data.set_defaults(func=_cmd_data)
 
-    pre = verbs.add_parser("pretrain", help="pretrain (single process, torchrun or Slurm)")
+    from data_pipeline.backends import backend_names, get_backend
+
+    backends = "; ".join(f"{name} ({get_backend(name).help})" for name in backend_names())
+    pre = verbs.add_parser(
+        "pretrain",
+        help="pretrain (single process, torchrun or Slurm)",
+        epilog=f"data.backend=NAME picks the data reader: {backends}.",
+    )
     pre.add_argument("--config", required=True, help="YAML delta over the defaults")
     pre.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=10")
     pre.set_defaults(func=_cmd_pretrain)

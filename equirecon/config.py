@@ -95,9 +95,9 @@ class RunConfig:
 @dataclass
 class DataConfig:
     path: str = "data/demo"
-    backend: str = (
-        "torch"  # torch | dali | synthetic (seeded random crops: engine tests, benchmarks)
-    )
+    # A registered backend (data_pipeline/backends): torch | dali | synthetic (seeded random
+    # crops: engine tests, benchmarks).
+    backend: str = "torch"
     num_workers: int = 2
     global_size: int = 224
     local_size: int = 96
@@ -560,7 +560,9 @@ POOLINGS = ("cls", "cls+mean", "mean")
 EQUIVARIANCE_FEATURES = ("global", "grid", "equi")
 EQUIVARIANCE_VIEWS = ("context", "disk", "full")
 
-Rule = tuple[Callable[[Any], bool], str]
+# (test, what the value must be); the description may be computed when a check fails (a
+# registry's names, which modules may add to).
+Rule = tuple[Callable[[Any], bool], str | Callable[[], str]]
 
 
 def _ge(lo: float) -> Rule:
@@ -591,6 +593,18 @@ def _one_of(choices: Any) -> Rule:
     return (lambda v: v in options), f"one of {options}"
 
 
+def _registered(names: Callable[[], list[str]]) -> Rule:
+    """One of the names a registry holds when the check runs."""
+    return (lambda v: v in names()), (lambda: f"one of {names()}")
+
+
+def _data_backends() -> list[str]:
+    """`data.backend` choices: the registered backends (`data_pipeline.backends`), sorted."""
+    from data_pipeline.backends import backend_names
+
+    return backend_names()
+
+
 def _task_list(v: str) -> bool:
     names = [t.strip() for t in v.split(",") if t.strip()]
     return bool(names) and (names == ["all"] or set(names) <= set(EVAL_TASKS))
@@ -618,7 +632,7 @@ UNIT, PROBABILITY = _within(0, 1, low_open=True), _within(0, 1)
 
 VALUE_CHECKS: tuple[tuple[str, Rule], ...] = (
     ("method.name", _one_of(SPLIT_DEFAULTS)),
-    ("data.backend", _one_of(("torch", "dali", "synthetic"))),
+    ("data.backend", _registered(_data_backends)),
     ("data.num_workers", NON_NEGATIVE),
     ("data.global_size", POSITIVE),
     ("data.local_size", POSITIVE),
@@ -752,7 +766,7 @@ def validate(cfg: Config) -> None:
     for key, (test, expected) in VALUE_CHECKS:
         value = values[key]
         if value is not None and not test(value):
-            raise _bad(key, value, expected)
+            raise _bad(key, value, expected() if callable(expected) else expected)
     if cfg.recon.enabled and not 0 < cfg.d_equi < cfg.d_patch:
         raise ConfigError(
             f"recon.d_equi={cfg.d_equi}: need 0 < recon.d_equi < split.d_patch ({cfg.d_patch})"

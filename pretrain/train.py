@@ -37,27 +37,11 @@ log = logging.getLogger("equirecon.pretrain")
 
 
 def build_loader(cfg: Config, dist_info: DistInfo, patch_size: int):  # noqa: ANN201
-    """The training reader of `data.backend` (yields `Batch` on the CPU)."""
-    from data_pipeline.reader import build_train_loader, multicrop_kwargs
+    """The training reader of `data.backend` (yields `Batch` on the CPU), from its registered
+    factory (`data_pipeline.backends`)."""
+    from data_pipeline.backends import get_backend
 
-    if cfg.data.backend == "dali":
-        from data_pipeline.dali_reader import build_dali_loader  # optional: nvidia-dali
-
-        return build_dali_loader(cfg, dist_info, patch_size)
-    if cfg.data.backend == "synthetic":
-        from data_pipeline.synthetic import SyntheticLoader
-
-        return SyntheticLoader(
-            **multicrop_kwargs(cfg, dist_info.rank, dist_info.world_size, patch_size)
-        )
-
-    return build_train_loader(
-        cfg.data.path,
-        num_workers=cfg.data.num_workers,
-        pin_memory=dist_info.device.type == "cuda",
-        augmentations=cfg.data.augmentations,
-        **multicrop_kwargs(cfg, dist_info.rank, dist_info.world_size, patch_size),
-    )
+    return get_backend(cfg.data.backend).build(cfg, dist_info, patch_size)
 
 
 def _loss_terms(out: StepOutput) -> dict[str, float]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.build import IMAGE_SUFFIXES, Annotation, SourceFile
+from data_pipeline.build.sources import IMAGE_SUFFIXES, Annotation, SourceFile
 
 
 @dataclass

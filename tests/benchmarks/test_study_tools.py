@@ -57,7 +57,7 @@ def test_clipart_build_writes_shards_with_white_backgrounds(tmp_path: Path) -> N
     counts = manifest["counts"]
     assert counts["natural"]["train"] + counts["natural"]["val"] == 24
     assert counts["labelled"]["train"] + counts["labelled"]["val"] == 24
-    from data_pipeline.reader import load_images
+    from data_pipeline.eval_images import load_images
 
     images, labels = load_images(out, "labelled", "train", 16, with_labels=True)
     assert images.shape[1:] == (3, 16, 16) and set(labels.tolist()) <= {0, 1}

@@ -16,21 +16,20 @@ import torch
 from PIL import Image
 
 from data_pipeline.batch import IMAGENET_STD
-from data_pipeline.build import build_shards
-from data_pipeline.reader import TrainLoader, build_train_loader
+from data_pipeline.build.dataset import build_shards
 from data_pipeline.shards import iter_shard_samples, write_shards
+from data_pipeline.torch_reader.loader import TrainLoader, build_train_loader
 from equirecon.config import load_config
 from tests.conftest import TINY_OVERRIDES
 from tests.data_pipeline.test_build import _make_tree
 
 pytest.importorskip("nvidia.dali")
 
-from data_pipeline.dali_reader import (  # noqa: E402  (after the importorskip)
-    DALI_MISSING,
+from data_pipeline.dali_reader.loader import (  # noqa: E402  (after the importorskip)
     DaliTrainLoader,
-    import_dali,
     make_dali_loader,
 )
+from data_pipeline.dali_reader.shards import DALI_MISSING, import_dali  # noqa: E402
 
 TINY = {"global_size": 16, "local_size": 8, "n_local": 2, "patch_size": 4}
 # Per-channel mean/std of the global crops, DALI vs torch path on the same shards, in
@@ -119,7 +118,7 @@ def test_blur_kernels_are_truncated_gaussians(size: int, blur_p: float) -> None:
     from nvidia.dali import pipeline_def
 
     from data_pipeline.augment import blur_kernel_size
-    from data_pipeline.dali_reader import blur_kernels
+    from data_pipeline.dali_reader.views import blur_kernels
 
     @pipeline_def(batch_size=256, num_threads=1, device_id=None, seed=3)
     def kernels():
@@ -217,7 +216,7 @@ def test_bad_data_messages(tmp_path: Path) -> None:
 
 def test_damaged_shard_is_read_up_to_its_damage(tmp_path: Path) -> None:
     """As the torch reader: the complete samples before the damage are used, the rest counted."""
-    from data_pipeline.build import write_dali_index
+    from data_pipeline.dali_index import write_dali_index
     from data_pipeline.shards import scan_shard
 
     samples = [{"__key__": f"k{i:03d}", "jpg": _jpeg(i)} for i in range(16)]

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 import equirecon.cli as cli
-from data_pipeline.build import build_shards
-from data_pipeline.reader import ShardSampleStream
+from data_pipeline.build.dataset import build_shards
 from data_pipeline.shards import resolve_shards, scan_shard
+from data_pipeline.torch_reader.stream import ShardSampleStream
 from equirecon.config import load_config
 from equirecon.errors import DataError
 from pretrain.train import Trainer

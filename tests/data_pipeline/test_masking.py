@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data_pipeline.masking import BlockMaskGenerator, make_batch_masks
+from data_pipeline.masking import BlockMaskGenerator, GlobalCropMasks, make_batch_masks
+from data_pipeline.multicrop import MultiCrop
 
 
 @pytest.mark.parametrize("grid", [(4, 4), (8, 8), (14, 14), (7, 10)])
@@ -79,3 +80,24 @@ def test_invalid_arguments() -> None:
         make_batch_masks(4, (4, 4), mask_prob=1.5)
     with pytest.raises(ValueError):
         BlockMaskGenerator((4, 4), ratio=(0.6, 0.2))
+
+
+@pytest.mark.parametrize(
+    ("mask_prob", "ratio"), [(0.5, (0.1, 0.5)), (1.0, [0, 1]), (0.0, (0.2, 0.2))]
+)
+def test_global_crop_masks_are_the_batch_masks_of_both_crops(
+    mask_prob: float, ratio: tuple[float, float]
+) -> None:
+    """What every reader draws: make_batch_masks over the 2B global crops, crop-major."""
+    masks = GlobalCropMasks(32, 4, mask_prob, ratio)(5, torch.Generator().manual_seed(3))
+    expected = make_batch_masks(
+        10, (8, 8), mask_prob, ratio=ratio, generator=torch.Generator().manual_seed(3)
+    ).view(2, 5, 64)
+    assert torch.equal(masks, expected)
+    spec = MultiCrop(5, 0, 32, 16, 2, 4, mask_prob=mask_prob, mask_ratio=ratio)
+    assert torch.equal(spec.masks()(5, torch.Generator().manual_seed(3)), expected)
+
+
+def test_multicrop_names_its_fields() -> None:
+    with pytest.raises(TypeError, match="global_sise"):
+        MultiCrop(batch_size=2, seed=0, global_sise=16, local_size=8, n_local=0, patch_size=4)

@@ -17,12 +17,7 @@ import torch
 from PIL import Image
 
 from data_pipeline.batch import Batch
-from data_pipeline.reader import (
-    ShardSampleStream,
-    TrainLoader,
-    build_train_loader,
-    load_images,
-)
+from data_pipeline.eval_images import load_images
 from data_pipeline.shards import (
     ShardWriter,
     count_samples,
@@ -30,6 +25,8 @@ from data_pipeline.shards import (
     scan_shard,
     write_shards,
 )
+from data_pipeline.torch_reader.loader import TrainLoader, build_train_loader
+from data_pipeline.torch_reader.stream import ShardSampleStream
 
 N_SHARDS = 4
 PER_SHARD = 24
@@ -313,7 +310,7 @@ def test_corrupt_samples_and_shards_are_skipped_and_counted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     paths = _corrupt_dataset(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="data_pipeline.reader"):
+    with caplog.at_level(logging.WARNING, logger="data_pipeline.torch_reader.stream"):
         loader = _loader(tmp_path, batch_size=2, with_labels=True, n_local=0)
     warned = " ".join(r.getMessage() for r in caplog.records)
     assert paths["truncated"] in warned and paths["garbage"] in warned
@@ -393,7 +390,7 @@ def test_load_images_in_order(dataset: Path) -> None:
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
 def test_transparent_pixels_decode_over_white(mode: str) -> None:
     """A transparent background is white, as viewers show it (not the stored black)."""
-    from data_pipeline.reader import decode_image
+    from data_pipeline.decode import decode_image
 
     rgba = np.zeros((4, 4, 4), dtype=np.uint8)  # transparent black
     rgba[1:3, 1:3] = (200, 30, 30, 255)  # an opaque red square

@@ -1,0 +1,27 @@
+"""Data backends: the name in ``data.backend`` -> the factory of a run's training loader.
+
+A backend is one module in this package that calls
+:func:`~data_pipeline.backends.base.register_backend` when imported; importing this package
+imports every module in it, so adding a backend is one new file here (plus its tests). The
+trainer (`pretrain.train.build_loader`), the config check of ``data.backend`` and the CLI help
+read the names from here. Backend modules import their reader (torch, DALI) inside the factory,
+so reading the names stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from data_pipeline.backends.base import (
+    DataBackend,
+    LoaderFactory,
+    backend_names,
+    get_backend,
+    register_backend,
+)
+
+for _module in sorted(info.name for info in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")
+
+__all__ = ["DataBackend", "LoaderFactory", "backend_names", "get_backend", "register_backend"]
