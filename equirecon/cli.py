@@ -276,6 +276,16 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     return 0 if all(not r.get("preempted") for r in results) else 1
 
 
+def _method_help() -> str:
+    """The `method.name` choices, one line each, from the method registry (equirecon.methods)."""
+    from equirecon.methods import get_spec, method_names
+
+    lines = [f"  {n:<8} {get_spec(n).summary}".rstrip() for n in method_names()]
+    return "method.name (base method; recon.enabled=false: without reconstruction):\n" + "\n".join(
+        lines
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="equirecon",
@@ -317,7 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0, help="seed of the file order")
     data.set_defaults(func=_cmd_data)
 
-    pre = verbs.add_parser("pretrain", help="pretrain (single process, torchrun or Slurm)")
+    pre = verbs.add_parser(
+        "pretrain",
+        help="pretrain (single process, torchrun or Slurm)",
+        epilog=_method_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     pre.add_argument("--config", required=True, help="YAML delta over the defaults")
     pre.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=10")
     pre.set_defaults(func=_cmd_pretrain)

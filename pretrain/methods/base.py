@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from data_pipeline.batch import Batch
+from equirecon.methods import method_names
 from pretrain.models.backbone import Backbone, backbone_kwargs, build_backbone
 from pretrain.models.heads import SplitHead
 
@@ -43,7 +44,17 @@ N_LOGGED_IMAGES = 8  # images per StepOutput kept for the reconstruction grid
 
 
 def register_method(name: str) -> Callable[[type[SSLMethod]], type[SSLMethod]]:
+    """Class decorator: the implementation of `method.name` `name`, whose torch-free spec
+    (`equirecon.methods`: split dims, recipe) must be registered under the same name."""
+    if name not in method_names():
+        raise ValueError(
+            f"method {name!r} has no spec: declare a MethodSpec in equirecon/methods/{name}.py "
+            f"(registered specs: {method_names()})"
+        )
+
     def wrap(cls: type[SSLMethod]) -> type[SSLMethod]:
+        if name in _METHODS and _METHODS[name] is not cls:
+            raise ValueError(f"method {name!r} registered twice")
         _METHODS[name] = cls
         cls.name = name
         return cls
