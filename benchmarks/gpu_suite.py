@@ -423,7 +423,7 @@ def check_transforms(
     reps: int,
     step_s_per_image: float | None,
 ) -> None:
-    """g_θ(u) + K intermediates on (B, 3, S, S) on the device, per image (as `prepare_views`)."""
+    """g_θ(u) + K intermediates on (B, 3, S, S) on the device, per image (as `ReconBranch.views`)."""
     size, k = cfg.data.global_size, cfg.recon.k
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, size, size, generator=gen).to(device)

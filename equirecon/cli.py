@@ -276,6 +276,16 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     return 0 if all(not r.get("preempted") for r in results) else 1
 
 
+def _method_help() -> str:
+    """The `method.name` choices, one line each, from the method registry (equirecon.methods)."""
+    from equirecon.methods import get_spec, method_names
+
+    lines = [f"  {n:<8} {get_spec(n).summary}".rstrip() for n in method_names()]
+    return "method.name (base method; recon.enabled=false: without reconstruction):\n" + "\n".join(
+        lines
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="equirecon",
@@ -319,11 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from data_pipeline.backends import backend_names, get_backend
 
-    backends = "; ".join(f"{name} ({get_backend(name).help})" for name in backend_names())
+    backends = "\n".join(f"  {n:<9} {get_backend(n).help}".rstrip() for n in backend_names())
     pre = verbs.add_parser(
         "pretrain",
         help="pretrain (single process, torchrun or Slurm)",
-        epilog=f"data.backend=NAME picks the data reader: {backends}.",
+        epilog=f"{_method_help()}\n\ndata.backend (the data reader):\n{backends}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     pre.add_argument("--config", required=True, help="YAML delta over the defaults")
     pre.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=10")

@@ -17,17 +17,11 @@ from typing import Any
 import yaml
 
 from equirecon.errors import ConfigError, MissingPathError
+from equirecon.methods import ARCH_OWN as _ARCH_OWN
+from equirecon.methods import LEGACY_DEFAULTS, get_spec, method_names
 
 # data.augmentations: the base augmentations ("all") or only random rotations ("rot").
 AUGMENTATION_MODES = ("all", "rot")
-
-# Per-method defaults of the split head (DESIGN §1.5).
-SPLIT_DEFAULTS = {
-    "dinov2": (2048, 512),
-    "ibot": (8192, 2048),
-    "vicreg": (512, 256),
-    "simclr": (512, 256),
-}
 
 CENTERINGS = ("sinkhorn_knopp", "centering")  # method.centering (DINOv2 teacher targets)
 
@@ -38,52 +32,11 @@ LR_SCALING_RULES = ("linear", "sqrt_1024", "none")
 # pretrain/models/backbone.py has none. `model.layerscale` left unset resolves to this value
 # for the methods whose recipe has no LayerScale of its own.
 ARCH_LAYERSCALE = {"vit_giant_patch14": 1e-5}
-_ARCH_OWN = "<arch's own>"  # marker in the tables below, resolved through ARCH_LAYERSCALE
 
-# What these keys meant before they existed (2026-12): a saved run config (`RUN_DIR/config.yaml`)
-# without them resolves to this, so older runs resume and evaluate as they were trained.
-LEGACY_DEFAULTS: dict[str, Any] = {
-    "train.lr_scaling": "linear",
-    "train.layerwise_decay": 1.0,
-    "train.patch_embed_lr_mult": 1.0,
-    "train.freeze_last_layer_steps": 0,
-    "train.weight_decay_tokens": False,
-    "model.layerscale": _ARCH_OWN,
-    "method.norm_last_layer": True,
-}
-
-# Per-method defaults of the recipe keys a config leaves unset (null, or "" for strings): what
-# each base method's public recipe trains with. Sources and deviations: configs/README.md
-# ("Recipes"). DINOv2: dinov2/configs/ssl_default_config.yaml (+ dinov2/layers/dino_head.py:
-# the prototype layer's weight-norm gain is trained); iBOT: main_ibot.py + the README's
-# ViT-S/16 command (norm_last_layer false); VICReg (SIE) and SimCLR: no such settings.
-RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "dinov2": {
-        "train.lr_scaling": "sqrt_1024",  # optim.scaling_rule: sqrt_wrt_1024
-        "train.layerwise_decay": 0.9,  # optim.layerwise_decay
-        "train.patch_embed_lr_mult": 0.2,  # optim.patch_embed_lr_mult
-        "train.freeze_last_layer_steps": 1250,  # freeze_last_layer_epochs 1 x OFFICIAL_EPOCH_LENGTH
-        "train.weight_decay_tokens": True,  # param_groups.py: only bias/norm/gamma skip decay
-        "model.layerscale": 1e-5,  # student.layerscale
-        "model.drop_path_uniform": True,  # student.drop_path_uniform
-        "method.norm_last_layer": False,  # weight_g of the last layer is trained
-    },
-    "ibot": {
-        "train.lr_scaling": "linear",  # lr * batch / 256
-        "train.layerwise_decay": 1.0,
-        "train.patch_embed_lr_mult": 1.0,
-        "train.freeze_last_layer_steps": 1251,  # --freeze_last_layer 1 epoch (IN-1k at B 1024)
-        "train.weight_decay_tokens": True,  # utils.get_params_groups: only bias/1-d skip decay
-        "model.layerscale": _ARCH_OWN,  # init_values 0
-        "model.drop_path_uniform": False,  # linspace(0, drop_path, depth)
-        "method.norm_last_layer": False,  # README: --norm_last_layer false
-    },
-    **{
-        # No prototype layer, no recipe options: the behaviour before the keys existed.
-        name: {**LEGACY_DEFAULTS, "model.drop_path_uniform": False}
-        for name in ("vicreg", "simclr")
-    },
-}
+# Per-method knowledge (split-head dims, recipe defaults of the keys a config leaves unset, the
+# minimum batch) is declared by each method's spec in equirecon/methods/<name>.py; the recipe
+# keys' values before they existed (LEGACY_DEFAULTS) are there too. Sources and deviations of
+# each recipe: configs/README.md ("Recipes").
 
 
 @dataclass
@@ -119,7 +72,7 @@ class ModelConfig:
     drop_path: float = 0.0
     # Stochastic-depth rate per block: false = rising linearly 0 -> drop_path over depth (timm,
     # DINO/iBOT); true = drop_path in every block (DINOv2's `drop_path_uniform`).
-    # null: the method's recipe (RECIPE_DEFAULTS).
+    # null: the method's recipe (its spec, equirecon/methods/<name>.py).
     drop_path_uniform: bool | None = None
     # LayerScale init value (timm's `init_values`; 0: no LayerScale). null: the method's recipe
     # (DINOv2 1e-5), else the arch's own (ARCH_LAYERSCALE).
@@ -321,11 +274,11 @@ class Config:
 
     @property
     def d_patch(self) -> int:
-        return self.split.d_patch or SPLIT_DEFAULTS[self.method.name][0]
+        return self.split.d_patch or get_spec(self.method.name).d_patch
 
     @property
     def d_equi(self) -> int:
-        return self.recon.d_equi or SPLIT_DEFAULTS[self.method.name][1]
+        return self.recon.d_equi or get_spec(self.method.name).d_equi
 
 
 _ALIASES = {"lambda": "lam"}  # config key -> attribute
@@ -536,11 +489,10 @@ def _predates_recipe_keys(tree: dict[str, Any]) -> bool:
 
 def resolve_recipe_defaults(cfg: Config) -> None:
     """Fill the recipe keys left unset (None, or "" for strings) with the method's defaults
-    (RECIPE_DEFAULTS); an unknown method is left to `validate`."""
-    defaults = RECIPE_DEFAULTS.get(cfg.method.name)
-    if defaults is None:
+    (its spec's `resolved_recipe()`); an unknown method is left to `validate`."""
+    if cfg.method.name not in method_names():
         return
-    for dotted, value in defaults.items():
+    for dotted, value in get_spec(cfg.method.name).resolved_recipe().items():
         section_name, key = dotted.split(".")
         section = getattr(cfg, section_name)
         if getattr(section, key) in (None, ""):
@@ -631,7 +583,7 @@ POSITIVE, NON_NEGATIVE = _ge(1), _ge(0)
 UNIT, PROBABILITY = _within(0, 1, low_open=True), _within(0, 1)
 
 VALUE_CHECKS: tuple[tuple[str, Rule], ...] = (
-    ("method.name", _one_of(SPLIT_DEFAULTS)),
+    ("method.name", _registered(method_names)),
     ("data.backend", _registered(_data_backends)),
     ("data.num_workers", NON_NEGATIVE),
     ("data.global_size", POSITIVE),
@@ -779,11 +731,14 @@ def validate(cfg: Config) -> None:
     m = cfg.model
     if m.embed_dim is not None and m.num_heads is not None and m.embed_dim % m.num_heads:
         raise _bad("model.embed_dim", m.embed_dim, f"a multiple of model.num_heads ({m.num_heads})")
-    if cfg.method.name in ("vicreg", "simclr") and cfg.train.batch_size < 2:
+    spec = get_spec(cfg.method.name)
+    if cfg.train.batch_size < spec.min_batch_size:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size}: method.name={cfg.method.name} needs "
-            "train.batch_size >= 2 (batch statistics)"
+            f"train.batch_size >= {spec.min_batch_size} (batch statistics)"
         )
+    for check in spec.checks:
+        check(cfg)
     if cfg.recon.lam > 5:
         import warnings
 

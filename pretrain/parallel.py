@@ -39,7 +39,6 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from pretrain.methods.base import ema_update_
 from pretrain.param_groups import GroupRule, param_groups
 
 log = logging.getLogger("equirecon.parallel")
@@ -91,11 +90,6 @@ def apply_compile(module: nn.Module | None, backend: str = "inductor") -> None:
         block.compile(backend=backend)
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """The local shard of a DTensor (a view: in-place ops update the DTensor), else `t`."""
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
 def _total_norm_value(norm: torch.Tensor) -> float:
     if hasattr(norm, "full_tensor"):  # DTensor norm of sharded gradients
         norm = norm.full_tensor()
@@ -142,9 +136,10 @@ class Engine:
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """teacher ← m·teacher + (1 − m)·student, fused over the (local shards of) parameters."""
-        t, s = self.method.ema_pairs()
-        ema_update_([_local(p) for p in t], [_local(p) for p in s], momentum)
+        """teacher ← m·teacher + (1 − m)·student, fused over the (local shards of) parameters:
+        the method's own EMA (`SSLMethod.update_teacher`); strategies first make the parameters
+        what it needs (FSDP2: resharded; ZeRO-3: gathered)."""
+        self.method.update_teacher(momentum)
 
     # ---- checkpoint state (DCP): same keys and parameter names for every strategy ----------
     def state_to_save(self) -> dict[str, Any]:

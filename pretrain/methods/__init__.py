@@ -1,6 +1,13 @@
-"""Base SSL methods as a registry (`method.name`): dinov2, ibot, vicreg, simclr."""
+"""Base SSL methods as a registry (`method.name`): dinov2, ibot, vicreg, simclr, ...
 
-from pretrain.methods import dinov2, ibot, simclr, vicreg  # noqa: F401  (registration)
+Each method is one module here that registers its class with ``@register_method(<name>)``; its
+config defaults are the torch-free spec of the same name in ``equirecon/methods/<name>.py``.
+Every module of this package is imported here, so a new method needs no edit of this file.
+"""
+
+import importlib
+import pkgutil
+
 from pretrain.methods.base import SSLMethod, StepOutput, get_method, list_methods, register_method
 
 __all__ = [
@@ -11,6 +18,10 @@ __all__ = [
     "list_methods",
     "register_method",
 ]
+
+for _info in pkgutil.iter_modules(__path__):  # registration
+    if not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")
 
 
 def build_method(cfg):  # noqa: ANN001, ANN201 - Config -> SSLMethod

@@ -1,11 +1,17 @@
-"""What every base SSL method shares: split head, decoders, g_θ views and the recon loss.
+"""What every base SSL method shares: the registry, the encoder (backbone + split head), the
+EMA teacher and the step's output.
 
-A method is an ``SSLMethod`` built as ``Cls(cfg)``. The engine relies on:
+A method is an ``SSLMethod`` built as ``Cls(cfg)``, registered under its ``method.name`` with
+``@register_method(name)`` in its own module ``pretrain/methods/<name>.py`` (found by
+``pretrain.methods`` without a list to edit); its config defaults are the torch-free
+``equirecon/methods/<name>.py`` spec of the same name. The engine relies on:
 
 - ``student``: every module with gradients (wrapped by DDP/FSDP and passed back as
   ``student_fn``; all of a step's student compute goes through ONE ``student_fn(...)`` call);
 - ``teacher``: EMA copy of the student without decoders, or None (``has_teacher``);
-- ``backbone``: the student backbone; ``transform``: g_θ (None when ``recon.enabled=false``);
+- ``backbone``: the student backbone; ``recon``: the reconstruction branch
+  (`pretrain.methods.recon.ReconBranch`: g_θ, targets, split head, decoders, L_recon) that
+  every method composes; ``transform``: its g_θ (None when ``recon.enabled=false``);
 - ``compute_losses(student_fn, batch, teacher_temp, generator) -> StepOutput`` and
   ``update_teacher(momentum)`` (no-op without a teacher).
 
@@ -18,18 +24,19 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from data_pipeline.batch import Batch
-from data_pipeline.transforms import EquiTransform, build_transform
-from pretrain.losses import recon_loss
+from equirecon.methods import method_names
 from pretrain.models.backbone import Backbone, backbone_kwargs, build_backbone
-from pretrain.models.decoder import ReconDecoder
 from pretrain.models.heads import SplitHead
+
+if TYPE_CHECKING:
+    from data_pipeline.transforms import EquiTransform
+    from pretrain.methods.recon import ReconBranch
 
 _METHODS: dict[str, type[SSLMethod]] = {}
 
@@ -37,7 +44,17 @@ N_LOGGED_IMAGES = 8  # images per StepOutput kept for the reconstruction grid
 
 
 def register_method(name: str) -> Callable[[type[SSLMethod]], type[SSLMethod]]:
+    """Class decorator: the implementation of `method.name` `name`, whose torch-free spec
+    (`equirecon.methods`: split dims, recipe) must be registered under the same name."""
+    if name not in method_names():
+        raise ValueError(
+            f"method {name!r} has no spec: declare a MethodSpec in equirecon/methods/{name}.py "
+            f"(registered specs: {method_names()})"
+        )
+
     def wrap(cls: type[SSLMethod]) -> type[SSLMethod]:
+        if name in _METHODS and _METHODS[name] is not cls:
+            raise ValueError(f"method {name!r} registered twice")
         _METHODS[name] = cls
         cls.name = name
         return cls
@@ -103,59 +120,10 @@ class Encoder(nn.Module):
         return self.split_head(tokens)
 
 
-def build_encoder(cfg: Any) -> Encoder:
-    """Student backbone of `model.*` + the split head D -> d_patch when `recon.enabled`."""
+def build_encoder(cfg: Any, recon: ReconBranch) -> Encoder:
+    """Student backbone of `model.*` + the recon branch's split head (None when recon is off)."""
     backbone = build_backbone(**backbone_kwargs(cfg.model, cfg.data.global_size))
-    split_head = (
-        SplitHead(backbone.embed_dim, cfg.d_patch, cfg.d_equi) if cfg.recon.enabled else None
-    )
-    return Encoder(backbone, split_head)
-
-
-def build_decoders(
-    k: int,
-    d_equi: int,
-    image_size: int,
-    grid: int,
-    channels: int,
-    resize: str = "after_conv",
-    kernel: int = 3,
-) -> nn.ModuleList:
-    """K decoders reading the per-patch concatenation [z1_equi ; z2_equi] (2·d_equi)."""
-    size = (image_size, image_size)
-    return nn.ModuleList(
-        ReconDecoder(2 * d_equi, size, (grid, grid), channels, resize, kernel) for _ in range(k)
-    )
-
-
-def build_recon_decoders(cfg: Any, encoder: Encoder) -> nn.ModuleList | None:
-    """The K decoders of `recon.*` for this encoder's patch grid, None when recon is off."""
-    if not cfg.recon.enabled:
-        return None
-    r, size = cfg.recon, cfg.data.global_size
-    grid = size // encoder.backbone.patch_size
-    return build_decoders(
-        r.k, cfg.d_equi, size, grid, r.decoder_channels, r.decoder_resize, r.decoder_kernel
-    )
-
-
-def decode_views(
-    decoders: nn.ModuleList, equi_tokens: torch.Tensor, num_prefix_tokens: int
-) -> list[torch.Tensor]:
-    """Decoder predictions û_k from the student's z_equi of the two global views.
-
-    Args:
-        decoders: the K decoders.
-        equi_tokens: (2B, P + N, d_equi) z_equi of [v1; v2] (prefix tokens first).
-        num_prefix_tokens: P (CLS + registers), dropped before decoding.
-
-    Returns:
-        K tensors (B, 3, H, W) in normalized pixel space.
-    """
-    b = equi_tokens.shape[0] // 2
-    patches = equi_tokens[:, num_prefix_tokens:]
-    decoder_in = torch.cat([patches[:b], patches[b:]], dim=-1)  # [z1_equi ; z2_equi]
-    return [decoder(decoder_in) for decoder in decoders]
+    return Encoder(backbone, recon.build_split_head(backbone.embed_dim))
 
 
 def make_teacher(student: nn.Module, skip_prefixes: tuple[str, ...] = ("decoders",)) -> nn.Module:
@@ -190,19 +158,18 @@ def build_mlp(
 class SSLMethod(nn.Module):
     """Base class: `student` (trained, wrapped by DDP/FSDP by the engine), `teacher` (EMA).
 
-    Subclasses build `student`/`teacher`/`transform` and implement `compute_losses`; the
-    reconstruction side (g_θ views, targets u_k, L_recon, logging fields) is shared here.
+    Subclasses set `cfg`, `recon` (a `ReconBranch` of `cfg`, built before the student so that
+    the split head and decoders come from it), `student` and `teacher`, and implement
+    `compute_losses`: `recon.views` -> the student/teacher forwards and the method's loss ->
+    `recon.step_output`.
     """
 
     name: str = ""
     has_teacher: bool = False  # evaluations read the teacher's backbone when True
     cfg: Any
+    recon: ReconBranch
     student: nn.Module
     teacher: nn.Module | None
-    transform: EquiTransform | None
-    # (which slice, how many slices) of the global batch this process holds: (rank, world size)
-    # under data parallelism. Set by the engine; only the θ draw uses it.
-    batch_slice: tuple[int, int] = (0, 1)
 
     def train(self, mode: bool = True) -> SSLMethod:
         """As `nn.Module.train`, but the EMA teacher always stays in eval mode (no stochastic
@@ -212,69 +179,25 @@ class SSLMethod(nn.Module):
             self.teacher.eval()
         return self
 
-    def _build_transform(self) -> EquiTransform | None:
+    @property
+    def transform(self) -> EquiTransform | None:
         """g_θ of `recon.transform` at the global crop size, None when recon is off."""
-        r = self.cfg.recon
-        return build_transform(r.transform, self.cfg.data.global_size) if r.enabled else None
+        return self.recon.transform
+
+    @property
+    def batch_slice(self) -> tuple[int, int]:
+        """(which slice, how many slices) of the global batch this process holds: (rank, world
+        size) under data parallelism. Set by the engine; only the θ draw uses it."""
+        return self.recon.batch_slice
+
+    @batch_slice.setter
+    def batch_slice(self, value: tuple[int, int]) -> None:
+        self.recon.batch_slice = tuple(value)
 
     @property
     def backbone(self) -> Backbone:
         """The student backbone (a teacher's, if any, is `self.teacher.encoder.backbone`)."""
         return self.student.encoder.backbone
-
-    def prepare_views(
-        self, batch: Batch, generator: torch.Generator
-    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
-        """Apply g_θ to u on the batch's device: returns ([v1; v2] (2B, 3, H, W), u_k, θ)."""
-        v1, u = batch.global_crops[0], batch.global_crops[1]
-        if self.transform is None:
-            return torch.cat([v1, u]), [], None
-        # θ is drawn for the whole global batch and this rank takes its slice, so a step's θ
-        # per image does not depend on how the global batch is split over ranks.
-        b = u.shape[0]
-        index, count = self.batch_slice
-        theta = self.transform.sample(b * count, generator=generator, device=u.device)
-        theta = theta[index * b : (index + 1) * b]
-        v2 = self.transform.apply(u, theta)
-        targets = self.transform.intermediates(u, theta, self.cfg.recon.k)
-        return torch.cat([v1, v2]), targets, theta
-
-    def finish_step(
-        self,
-        loss_ssl: torch.Tensor,
-        terms: dict[str, torch.Tensor],
-        recon_preds: list[torch.Tensor] | None,
-        targets: list[torch.Tensor],
-        batch: Batch,
-        global_crops: torch.Tensor,
-    ) -> StepOutput:
-        """L_total = L_SSL + λ·L_recon and the tensors kept for the reconstruction grid.
-
-        Args:
-            loss_ssl: fp32 scalar of the base method.
-            terms: detached parts of the SSL loss, for logging.
-            recon_preds: K student predictions û_k (B, 3, H, W), or None without decoders.
-            targets: K targets u_k from `prepare_views` ([] without g).
-            batch: the step's batch (u is `batch.global_crops[1]`).
-            global_crops: [v1; v2] from `prepare_views`.
-        """
-        loss_recon = None
-        loss_total = loss_ssl
-        if recon_preds and targets:
-            loss_recon = recon_loss(recon_preds, targets)
-            loss_total = loss_ssl + self.cfg.recon.lam * loss_recon
-        b = batch.batch_size
-        n = min(b, N_LOGGED_IMAGES)
-        return StepOutput(
-            loss_total=loss_total,
-            loss_ssl=loss_ssl,
-            loss_recon=loss_recon,
-            terms=terms,
-            recon_inputs=batch.global_crops[1][:n].detach() if targets else None,
-            recon_targets=[t[:n].detach() for t in targets],
-            recon_preds=[p[:n].detach() for p in recon_preds or []],
-            transformed=global_crops[b : b + n].detach() if targets else None,
-        )
 
     def compute_losses(
         self,
@@ -299,108 +222,25 @@ class SSLMethod(nn.Module):
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """teacher ← m·teacher + (1 − m)·student, fused over all parameters."""
+        """teacher ← m·teacher + (1 − m)·student, fused over all parameters.
+
+        The one EMA of the code base: the engine's `update_teacher` calls it (after gathering
+        or resharding what its strategy needs), so that sharded (FSDP2 DTensor) parameters are
+        updated on their local shards.
+        """
         ema_update_(*self.ema_pairs(), momentum)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor (a view: in-place ops update the DTensor), else `t`."""
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 @torch.no_grad()
 def ema_update_(teacher: list[torch.Tensor], student: list[torch.Tensor], momentum: float) -> None:
-    """teacher ← m·teacher + (1 − m)·student in place: one fused pass (`lerp`) over all tensors."""
+    """teacher ← m·teacher + (1 − m)·student in place: one fused pass (`lerp`) over all tensors
+    (over the local shards of sharded DTensors, which the teacher and student share)."""
     if teacher:
-        torch._foreach_lerp_(teacher, [p.detach() for p in student], 1.0 - momentum)
-
-
-class JointEmbeddingStudent(nn.Module):
-    """Shared encoder + projector on the CLS token (+ decoders): VICReg/SimCLR students.
-
-    The representation is the CLS token of z_inv (recon on) or of the backbone (recon off).
-    """
-
-    def __init__(
-        self, encoder: Encoder, projector: nn.Module, decoders: nn.ModuleList | None
-    ) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.projector = projector
-        self.decoders = decoders
-
-    def forward(self, global_crops: torch.Tensor) -> dict[str, Any]:
-        """global_crops (2B, 3, H, W) = [v1; v2] -> {"embeddings": (2B, D'), "recon_preds"}.
-
-        The projector runs per view (its BatchNorm statistics are per view, as in VICReg).
-        """
-        backbone, split = self.encoder.backbone, self.encoder.split_head
-        if (
-            self.decoders is None or split is None
-        ):  # z_inv of CLS only: the last block skips the rest
-            cls, _ = self.encoder(global_crops, rows=backbone.cls_rows(global_crops))
-        else:  # the decoders read every patch token
-            tokens = backbone(global_crops)
-            cls = split.inv(tokens[:, 0])
-        b = cls.shape[0] // 2
-        out: dict[str, Any] = {
-            "embeddings": torch.cat([self.projector(cls[:b]), self.projector(cls[b:])])
-        }
-        if self.decoders is not None and split is not None:
-            prefix = backbone.num_prefix_tokens
-            out["recon_preds"] = decode_views(self.decoders, split.equi(tokens[:, prefix:]), 0)
-        return out
-
-
-class JointEmbeddingMethod(SSLMethod):
-    """Teacher-free two-view method (SIE "shared encoder" setting): one encoder, both views.
-
-    Subclasses give the projector (`build_projector`) and the loss on the two views'
-    embeddings (`embedding_loss`). Local crops are never used (nor moved through the model),
-    and the backbone's mask token is frozen since these methods feed no masks.
-    """
-
-    has_teacher = False
-
-    def __init__(self, cfg: Any) -> None:
-        super().__init__()
-        self.cfg = cfg
-        encoder = build_encoder(cfg)
-        encoder.backbone.mask_token.requires_grad_(False)  # unused: keep DDP/optimizer off it
-        projector = self.build_projector(encoder.out_dim)
-        if cfg.method.sync_batchnorm and _use_sync_batchnorm():
-            projector = nn.SyncBatchNorm.convert_sync_batchnorm(projector)
-        self.student = JointEmbeddingStudent(encoder, projector, build_recon_decoders(cfg, encoder))
-        self.teacher = None
-        self.transform = self._build_transform()
-
-    def build_projector(self, in_dim: int) -> nn.Module:
-        """MLP from the representation (in_dim) to the loss space."""
-        raise NotImplementedError
-
-    def embedding_loss(
-        self, z1: torch.Tensor, z2: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(fp32 scalar loss, detached terms) from the two views' embeddings (B, D')."""
-        raise NotImplementedError
-
-    def compute_losses(
-        self,
-        student_fn: nn.Module,
-        batch: Batch,
-        teacher_temp: float,
-        generator: torch.Generator,
-    ) -> StepOutput:
-        """One student forward on [v1; v2] (local crops skipped); `teacher_temp` is unused."""
-        global_crops, targets, _ = self.prepare_views(batch, generator)
-        out = student_fn(global_crops)
-        z1, z2 = out["embeddings"].chunk(2)
-        loss_ssl, terms = self.embedding_loss(z1, z2)
-        return self.finish_step(
-            loss_ssl, terms, out.get("recon_preds"), targets, batch, global_crops
+        torch._foreach_lerp_(
+            [_local(p) for p in teacher], [_local(p).detach() for p in student], 1.0 - momentum
         )
-
-
-def _use_sync_batchnorm() -> bool:
-    """SyncBatchNorm only helps (and only runs) with several CUDA ranks."""
-    return (
-        torch.cuda.is_available()
-        and dist.is_available()
-        and dist.is_initialized()
-        and dist.get_world_size() > 1
-    )

@@ -14,11 +14,10 @@ from pretrain.methods.base import (
     SSLMethod,
     StepOutput,
     build_encoder,
-    build_recon_decoders,
-    decode_views,
     make_teacher,
     register_method,
 )
+from pretrain.methods.recon import ReconBranch, predict
 from pretrain.models.backbone import Backbone
 from pretrain.models.heads import DINOHead
 
@@ -107,8 +106,7 @@ class DINOv2Student(nn.Module):
             "masked_patch_logits": logits[n_cls:],
         }
         if decoders is not None:
-            patches = tokens[:, backbone.num_prefix_tokens :]
-            out["recon_preds"] = decode_views(decoders, split.equi(patches), 0)
+            out["recon_preds"] = predict(decoders, split, tokens, backbone.num_prefix_tokens)
         return out
 
 
@@ -126,7 +124,8 @@ class DINOv2(SSLMethod):
         super().__init__()
         self.cfg = cfg
         m = cfg.method
-        encoder = build_encoder(cfg)
+        self.recon = ReconBranch(cfg)
+        encoder = build_encoder(cfg, self.recon)
         head = DINOHead(
             encoder.out_dim,
             m.head_out_dim,
@@ -135,16 +134,14 @@ class DINOv2(SSLMethod):
             norm_last_layer=m.norm_last_layer is not False,
         )
         self.grid = cfg.data.global_size // encoder.backbone.patch_size
-        self.student = DINOv2Student(
-            encoder, head, build_recon_decoders(cfg, encoder), m.student_temp
-        )
+        decoders = self.recon.build_decoders(encoder.backbone.patch_size)
+        self.student = DINOv2Student(encoder, head, decoders, m.student_temp)
         self.teacher = make_teacher(self.student)
         if m.centering == "centering":  # running means of the teacher's CLS / masked-patch logits
             self.teacher.add_module("cls_center", RunningCenter(m.head_out_dim, m.center_momentum))
             self.teacher.add_module(
                 "patch_center", RunningCenter(m.head_out_dim, m.center_momentum)
             )
-        self.transform = self._build_transform()
         self.dino_loss = DINOClsLoss()
         self.ibot_loss = IBOTPatchLoss(average_over="all_images")  # as DINOv2 and iBOT
 
@@ -218,7 +215,8 @@ class DINOv2(SSLMethod):
         generator: torch.Generator,
     ) -> StepOutput:
         """One forward of student (through `student_fn`, maybe DDP-wrapped) and teacher."""
-        global_crops, targets, _ = self.prepare_views(batch, generator)
+        views = self.recon.views(batch, generator)
+        global_crops = views.global_crops
         masks = batch.masks.flatten(0, 1)  # (2B, N)
         mask_indices = batch.masked_positions()
         local = batch.local_crops.flatten(0, 1) if batch.local_crops.numel() else None
@@ -227,6 +225,4 @@ class DINOv2(SSLMethod):
         )
         out = student_fn(global_crops, masks, local, mask_indices)
         loss_ssl, terms = self._ssl_loss(out, teacher_cls, teacher_patch, masks, mask_indices)
-        return self.finish_step(
-            loss_ssl, terms, out.get("recon_preds"), targets, batch, global_crops
-        )
+        return self.recon.step_output(loss_ssl, terms, out.get("recon_preds"), views, batch)

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from pretrain.losses import nt_xent_loss
-from pretrain.methods.base import JointEmbeddingMethod, build_mlp, register_method
+from pretrain.methods.base import build_mlp, register_method
+from pretrain.methods.joint import JointEmbeddingMethod
 
 PROJECTOR_LAYERS = 2
 

@@ -234,3 +234,29 @@ def test_prototype_logits_under_bf16_autocast() -> None:
         head.prototypes.grad.dtype == torch.float32 and torch.isfinite(head.prototypes.grad).all()
     )
     torch.testing.assert_close(out.float(), head(x).detach(), atol=2e-2, rtol=2e-2)
+
+
+def test_engine_ema_is_the_methods_ema() -> None:
+    """One EMA: `Engine.update_teacher` (training) runs `SSLMethod.update_teacher` (tested above)."""
+    import copy
+
+    from pretrain.parallel import Engine
+
+    method = build_method(tiny_cfg())
+    with torch.no_grad():
+        for p in method.student.parameters():
+            p.add_(0.5)
+    twin = copy.deepcopy(method)
+    Engine(method, method.student).update_teacher(0.8)
+    twin.update_teacher(0.8)
+    moved = 0
+    for (name, a), (_, b) in zip(
+        method.teacher.named_parameters(), twin.teacher.named_parameters()
+    ):
+        assert torch.equal(a, b), name
+        moved += 1
+    assert moved > 10
+    calls: list[float] = []
+    method.update_teacher = calls.append  # the engine goes through the method's EMA
+    Engine(method, method.student).update_teacher(0.5)
+    assert calls == [0.5]

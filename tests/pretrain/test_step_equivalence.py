@@ -21,7 +21,7 @@ from data_pipeline.batch import Batch
 from equirecon.config import load_config
 from pretrain.losses import koleo_loss, recon_loss, sinkhorn_knopp
 from pretrain.methods import build_method
-from pretrain.methods.base import decode_views
+from pretrain.methods.recon import decode_views
 from pretrain.train import transform_generator
 from tests.conftest import TINY_OVERRIDES
 
@@ -85,7 +85,7 @@ def _ref_teacher_student_losses(method, batch: Batch, gen) -> dict[str, Any]:  #
     """DINOv2/iBOT as before the fusion: a head call per token group, bool-mask indexing."""
     ibot = method.name == "ibot"
     m = method.cfg.method
-    global_crops, targets, _ = method.prepare_views(batch, gen)
+    global_crops, targets, _ = method.recon.views(batch, gen)
     masks = batch.masks.flatten(0, 1)
     teacher_cls, teacher_patch = _ref_teacher(method, global_crops, masks, ibot)
     student = method.student
@@ -114,7 +114,7 @@ def _ref_teacher_student_losses(method, batch: Batch, gen) -> dict[str, Any]:  #
 def _ref_joint_losses(method, batch: Batch, gen) -> dict[str, Any]:  # noqa: ANN001
     """VICReg/SimCLR as before: the split head on every token of both views."""
     student = method.student
-    global_crops, targets, _ = method.prepare_views(batch, gen)
+    global_crops, targets, _ = method.recon.views(batch, gen)
     z_inv, z_equi = student.encoder(global_crops)
     cls = z_inv[:, 0]
     b = cls.shape[0] // 2
