@@ -550,11 +550,28 @@ def _registered(names: Callable[[], list[str]]) -> Rule:
     return (lambda v: v in names()), (lambda: f"one of {names()}")
 
 
-def _data_backends() -> list[str]:
-    """`data.backend` choices: the registered backends (`data_pipeline.backends`), sorted."""
-    from data_pipeline.backends import backend_names
+# Keys whose valid values are the names in a registry that a higher layer owns (data backends
+# in data_pipeline): the registry hands its names to the core when it is imported
+# (`register_choices`), so the core never imports above itself. Until then (a script that
+# loads a config without that layer) the key is checked where it is used: the registry's own
+# lookup raises the same error.
+_CHOICES: dict[str, Callable[[], list[str]]] = {}
 
-    return backend_names()
+
+def register_choices(key: str, names: Callable[[], list[str]]) -> None:
+    """`key`'s valid values are `names()` from now on (called by the registry that owns them)."""
+    _CHOICES[key] = names
+
+
+def _registry_choices(key: str) -> Rule:
+    def test(v: Any) -> bool:
+        names = _CHOICES.get(key)
+        return names is None or v in names()
+
+    def expected() -> str:
+        return f"one of {_CHOICES[key]()}" if key in _CHOICES else "a registered name"
+
+    return test, expected
 
 
 def _task_list(v: str) -> bool:
@@ -584,7 +601,7 @@ UNIT, PROBABILITY = _within(0, 1, low_open=True), _within(0, 1)
 
 VALUE_CHECKS: tuple[tuple[str, Rule], ...] = (
     ("method.name", _registered(method_names)),
-    ("data.backend", _registered(_data_backends)),
+    ("data.backend", _registry_choices("data.backend")),
     ("data.num_workers", NON_NEGATIVE),
     ("data.global_size", POSITIVE),
     ("data.local_size", POSITIVE),

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from equirecon.config import register_choices
 from equirecon.errors import ConfigError
 
 # (cfg: equirecon.config.Config, dist_info: launch.distributed.DistInfo, patch_size) -> a loader:
@@ -54,5 +55,8 @@ def get_backend(name: str) -> DataBackend:
         raise ConfigError(f"data.backend={name!r}: must be one of {backend_names()}")
     return _BACKENDS[name]
 
+
+# `validate` checks data.backend against these names (the core cannot import this layer).
+register_choices("data.backend", backend_names)
 
 __all__ = ["DataBackend", "LoaderFactory", "backend_names", "get_backend", "register_backend"]
