@@ -56,6 +56,7 @@ import numpy as np
 from data_pipeline.annotations import ANNOTATION_CODECS, mask_classes
 from data_pipeline.shards import ShardWriter, count_samples, split_member_name
 from equirecon.errors import ConfigError, DataError, MissingPathError
+from equirecon.rundir import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -188,10 +189,7 @@ def write_dali_index(
                 f"{ext} {offset} {size} {name}" if with_names else f"{ext} {offset} {size}"
             )
         lines.append(" ".join(fields))
-    idx_path = Path(idx_path)
-    tmp = idx_path.with_name(idx_path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, idx_path)
+    write_text_atomic(idx_path, "\n".join(lines) + "\n")
     return len(samples)
 
 
@@ -477,9 +475,7 @@ def build_shard(task: ShardTask, progress: Any = None) -> dict[str, Any]:
         "bad_files": bad,
     }
     record_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_record = record_path.with_name(record_path.name + ".tmp")
-    tmp_record.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp_record, record_path)
+    write_text_atomic(record_path, json.dumps(record, indent=1) + "\n")
     return record
 
 
@@ -538,6 +534,9 @@ def _run_tasks(
 
 def _remove_stale(subset_dir: Path, split: str, keep: set[int]) -> None:
     """Deletes shards, indexes and records of ``split`` not in the plan, and leftover temp files."""
+    for folder in (subset_dir, subset_dir / ".build"):  # write_text_atomic's, left by a crash
+        for path in folder.glob(f".{split}-*.tmp*"):
+            path.unlink(missing_ok=True)
     names = [*subset_dir.glob(f"{split}-*"), *(subset_dir / ".build").glob(f"{split}-*")]
     for path in names:
         stem = path.name.split(".", 1)[0]
@@ -782,9 +781,7 @@ def write_split(
     if subset_info is not None:
         manifest[subset] = subset_info
     manifest["complete"] = all(b.get("complete") for b in manifest["builds"].values())
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / "manifest.json")
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     if progress:
         print(
             f"data build: {entry['num_samples']} samples in {len(written)} shards "
