@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from equirecon.config import load_config
     from evals.equivariance import ProbeView, equivariance_r2
     from evals.providers import build_provider
-    from evals.run import load_teacher_encoder, resolve_checkpoint
+    from pretrain.restore import load_teacher_encoder, resolve_checkpoint
     from pretrain.models.backbone import backbone_kwargs, build_backbone
 
     torch.set_num_threads(max(1, torch.get_num_threads()))

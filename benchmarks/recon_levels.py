@@ -189,7 +189,7 @@ def _encoder_inputs(spec: str, cfg, patch: int) -> dict:
     checkpoint's split head), computed without gradients."""
     import torch
 
-    from evals.run import load_teacher_encoder, resolve_checkpoint
+    from pretrain.restore import load_teacher_encoder, resolve_checkpoint
     from pretrain.models.backbone import backbone_kwargs, build_backbone
 
     if spec == "random":
