@@ -241,7 +241,7 @@ def make_data(out: Path, n_images: int, image_px: int, workers: int, seed: int =
     import numpy as np
     from PIL import Image
 
-    from data_pipeline.build.dataset import build_shards
+    from data_pipeline.builder.dataset import build_shards
     from data_pipeline.demo import load_photos
 
     src = out / "src"

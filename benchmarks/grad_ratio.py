@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from equirecon.config import load_config
-    from launch.distributed import DistInfo
     from pretrain.checkpoint import Checkpointer
+    from pretrain.distributed import DistInfo
     from pretrain.methods import build_method
     from pretrain.train import build_loader, save_recon_grid, transform_generator
 

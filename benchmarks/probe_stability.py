@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     from equirecon.config import load_config
     from evals.equivariance import ProbeView, equivariance_r2
     from evals.providers import build_provider
-    from evals.run import load_teacher_encoder, resolve_checkpoint
     from pretrain.models.backbone import backbone_kwargs, build_backbone
+    from pretrain.restore import load_teacher_encoder, resolve_checkpoint
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = load_config(args.config)

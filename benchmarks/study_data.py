@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-side", type=int, default=128)
     args = parser.parse_args(argv)
 
-    from data_pipeline.build import build_shards
+    from data_pipeline.builder import build_shards
 
     out = Path(args.out)
     staging = out / "_staging"  # not hidden: `data build` skips hidden paths

@@ -14,6 +14,7 @@ import tarfile
 from pathlib import Path
 
 from data_pipeline.shards import count_samples, split_member_name
+from equirecon.rundir import write_text_atomic
 
 DALI_INDEX_VERSION = "v1.2"
 
@@ -93,10 +94,7 @@ def write_dali_index(
                 f"{ext} {offset} {size} {name}" if with_names else f"{ext} {offset} {size}"
             )
         lines.append(" ".join(fields))
-    idx_path = Path(idx_path)
-    tmp = idx_path.with_name(idx_path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, idx_path)
+    write_text_atomic(idx_path, "\n".join(lines) + "\n")
     return len(samples)
 
 

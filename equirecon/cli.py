@@ -30,7 +30,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     if args.data_cmd == "build" and args.format:
         return _convert_layout(args)
     if args.data_cmd == "build":
-        from data_pipeline.build.dataset import build_shards
+        from data_pipeline.builder.dataset import build_shards
 
         build_shards(
             args.src,
@@ -77,7 +77,7 @@ def _convert_layout(args: argparse.Namespace) -> int:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from equirecon.config import load_config
-    from pretrain.train import pretrain
+    from launch.entry import pretrain
 
     cfg = load_config(args.config, args.overrides)
     last = pretrain(cfg)
@@ -198,8 +198,8 @@ BENCHMARKS = {
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from evals.run import resolve_checkpoint
     from pretrain.export import export_checkpoint
+    from pretrain.restore import resolve_checkpoint
 
     out = export_checkpoint(resolve_checkpoint(args.checkpoint), args.out)
     print(f"exported backbone to {out} (model.safetensors + config.json)")

@@ -7,7 +7,6 @@ next to every run (`RUN_DIR/config.yaml`) and logged to MLflow.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import yaml
 from equirecon.errors import ConfigError, MissingPathError
 from equirecon.methods import ARCH_OWN as _ARCH_OWN
 from equirecon.methods import LEGACY_DEFAULTS, get_spec, method_names
+from equirecon.rundir import write_text_atomic
 
 # data.augmentations: the base augmentations ("all") or only random rotations ("rot").
 AUGMENTATION_MODES = ("all", "rot")
@@ -327,7 +327,9 @@ def _convert(value: Any, current: Any, key: str, annotation: str = "") -> Any:
     raise ConfigError(f"{key}: expected {type(current).__name__}, got {value!r}")
 
 
-def _set(cfg: Config, dotted: str, value: Any) -> None:
+def set_value(cfg: Config, dotted: str, value: Any) -> None:
+    """Set `section.key` of `cfg` to `value` (converted to the field's type; unknown keys are
+    errors naming the valid ones)."""
     parts = dotted.split(".")
     if len(parts) != 2:
         raise ConfigError(f"config key {dotted!r} must be 'section.key'")
@@ -375,12 +377,13 @@ def _removed_key(dotted: str, value: Any) -> None:
     raise ConfigError(f"config key {dotted!r} was removed: {why}; got {dotted}={value!r}")
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`."""
     flat: dict[str, Any] = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            flat.update(_flatten(v, key + "."))
+            flat.update(flatten(v, key + "."))
         else:
             flat[key] = v
     return flat
@@ -449,6 +452,13 @@ def _merge_trees(under: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Set the `key=value` overrides on `cfg` in place (no validation); returns `cfg`."""
+    for key, value in parse_overrides(overrides).items():
+        set_value(cfg, key, value)
+    return cfg
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML file at `path` (if any, with its `base:` files), then `key=value`
     overrides."""
@@ -456,7 +466,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         tree = read_config_tree(path)
-        flat = _flatten(tree)
+        flat = flatten(tree)
         if _predates_recipe_keys(tree):
             for key, value in LEGACY_DEFAULTS.items():
                 if value == _ARCH_OWN:
@@ -464,11 +474,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 flat.setdefault(key, value)
         for key, value in flat.items():
             try:
-                _set(cfg, key, value)
+                set_value(cfg, key, value)
             except ConfigError as e:
                 raise ConfigError(f"{path}: {e}") from None
-    for key, value in parse_overrides(overrides or []).items():
-        _set(cfg, key, value)
+    apply_overrides(cfg, overrides or [])
     resolve_recipe_defaults(cfg)
     validate(cfg)
     return cfg
@@ -777,12 +786,9 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def flat_dict(cfg: Config) -> dict[str, Any]:
-    return _flatten(to_dict(cfg))
+    return flatten(to_dict(cfg))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from equirecon.config import Config, ConfigError, _flatten, flat_dict, load_config
+from equirecon.config import Config, ConfigError, flat_dict, flatten, load_config
 from equirecon.errors import ResumeConfigError
 
 # Keys a resumed run may change. A prefix ends with ".".
@@ -55,7 +55,7 @@ def load_saved_config(path: str | Path) -> dict[str, Any]:
     try:
         return flat_dict(load_config(path))
     except ConfigError:  # a value today's checks reject: compare what was written
-        return _flatten(yaml.safe_load(Path(path).read_text()) or {})
+        return flatten(yaml.safe_load(Path(path).read_text()) or {})
 
 
 def config_changes(

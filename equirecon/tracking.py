@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from equirecon.rundir import write_text_atomic
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: no lock
@@ -74,7 +76,8 @@ def _creation_lock(uri: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _client(uri: str):  # noqa: ANN202 - mlflow.MlflowClient
+def mlflow_client(uri: str):  # noqa: ANN201 - mlflow.MlflowClient
+    """An MLflow client of the store `uri` (a new sqlite store's schema is created under a lock)."""
     try:
         import mlflow
     except ImportError as e:  # pragma: no cover - mlflow is a core dependency
@@ -103,9 +106,7 @@ class MetricsFile:
         kept = [
             ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step
         ]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in kept))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(ln + "\n" for ln in kept))
 
     def append(self, step: int, metrics: dict[str, float]) -> None:
         with self.path.open("a") as f:
@@ -155,7 +156,7 @@ class Tracker:
             # Fail fast inside the delivery thread; the thread does the retrying.
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        self.client = _client(self.uri)
+        self.client = mlflow_client(self.uri)
         self._queue: deque[tuple[str, Any]] = deque()
         self._cond = threading.Condition()
         self._busy = False
@@ -318,17 +319,12 @@ class Tracker:
         run = self.client.create_run(exp_id, run_name=self.run_name)
         self.run_id = run.info.run_id
         for name, text in ((STORE_FILE, self.uri), (RUN_ID_FILE, self.run_id)):  # id last
-            path = self.run_dir / name
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(text + "\n")
-            os.replace(tmp, path)
+            write_text_atomic(self.run_dir / name, text + "\n")
 
     def _save_pending(self) -> None:
         path = self.run_dir / self.PENDING_FILE
         records = [{"kind": k, "payload": p} for k, p in self._queue if k != "start_run"]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
     def _load_pending(self) -> None:
         path = self.run_dir / self.PENDING_FILE
@@ -352,7 +348,7 @@ def log_to_existing_run(
         log.warning("%s has no %s: eval metrics are only written to files", run_dir, RUN_ID_FILE)
         return None
     run_id = id_file.read_text().strip()
-    client = _client(run_tracking_uri(run_dir, uri))
+    client = mlflow_client(run_tracking_uri(run_dir, uri))
     import time
 
     from mlflow.entities import Metric

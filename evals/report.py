@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from evals.results import EVALS_DIR, read_step_results
+from equirecon.rundir import EVALS_DIR
+from evals.results import read_step_results
 
 FLAG_COLUMNS = ("method", "recon", "transform", "lambda")
 
@@ -150,13 +151,13 @@ def plot_metrics(runs: list[dict[str, Any]], out: Path) -> list[Path]:
 
 def _log_report_run(runs: list[dict[str, Any]], out: Path) -> str | None:
     """A new MLflow run "report" (in the first tracked run's experiment) with `out` as artifacts."""
-    from equirecon.tracking import RUN_ID_FILE, _client, run_tracking_uri
+    from equirecon.tracking import RUN_ID_FILE, mlflow_client, run_tracking_uri
 
     first = runs[0]
     tracking = first["flags"]["tracking"]
     if tracking.get("enabled") is False:
         return None
-    client = _client(run_tracking_uri(first["dir"], tracking.get("uri") or ""))
+    client = mlflow_client(run_tracking_uri(first["dir"], tracking.get("uri") or ""))
     experiment_id = None
     for run in runs:
         id_file = run["dir"] / RUN_ID_FILE

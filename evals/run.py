@@ -26,148 +26,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from equirecon.config import Config, EvalConfig, load_config
-from equirecon.errors import CheckpointError, ConfigError, MissingPathError
+from equirecon.config import Config, EvalConfig, apply_overrides, load_config
+from equirecon.errors import ConfigError
+from equirecon.rundir import (
+    checkpoint_step,
+    floor_result_path,
+    step_result_path,
+    write_json_atomic,
+)
 from equirecon.tracking import log_to_existing_run
 from evals.providers import FLOORS, FeatureProvider, build_provider
-from evals.results import floor_result_path, step_result_path, write_json_atomic
-from pretrain.checkpoint import STEP_RE, Checkpointer, latest_checkpoint, select_checkpoint
-from pretrain.checkpoint_integrity import verify_checkpoint
-from pretrain.models.backbone import Backbone, backbone_kwargs, build_backbone
-from pretrain.models.heads import SplitHead
+from pretrain.export import CONFIG, load_exported_backbone
+
+# Checkpoint loading lives in pretrain.restore (export needs it too); these names stay
+# importable from here.
+from pretrain.restore import (
+    checkpoint_config,
+    load_teacher_backbone,
+    load_teacher_encoder,
+    resolve_checkpoint,
+)
 
 log = logging.getLogger("equirecon.eval")
-
-# eval.* values that were the defaults before the five task families existed. A checkpoint
-# config written then (its eval section has no `seed` key) gets today's default where it still
-# holds the old one, so old runs are evaluated with today's protocol.
-_LEGACY_EVAL_DEFAULTS: dict[str, Any] = {
-    "tasks": "equivariance,knn",
-    "equivariance_transforms": "rotation",
-    "max_train_images": 2000,
-    "max_test_images": 800,
-    "r2_epochs": 30,
-}
 
 
 def _split(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def upgrade_legacy_eval(raw_eval: dict[str, Any], eval_cfg: EvalConfig) -> list[str]:
-    """Replace pre-harness eval defaults in `eval_cfg` (see `_LEGACY_EVAL_DEFAULTS`); returns the
-    keys changed. `raw_eval` is the eval section as written in the config file."""
-    if "seed" in raw_eval:
-        return []
-    today = EvalConfig()
-    changed = []
-    for key, old in _LEGACY_EVAL_DEFAULTS.items():
-        if raw_eval.get(key) == old and getattr(today, key) != old:
-            setattr(eval_cfg, key, getattr(today, key))
-            changed.append(key)
-    return changed
-
-
-def checkpoint_config(ckpt: Path) -> Config:
-    """The resolved config saved with a checkpoint (or its run directory)."""
-    for candidate in (ckpt / "config.yaml", ckpt.parent.parent / "config.yaml"):
-        if candidate.is_file():
-            cfg = load_config(candidate)
-            raw = (yaml.safe_load(candidate.read_text()) or {}).get("eval") or {}
-            changed = upgrade_legacy_eval(raw, cfg.eval)
-            if changed:
-                log.info(
-                    "%s predates the current eval protocol: using today's defaults for eval.%s",
-                    candidate,
-                    ", eval.".join(changed),
-                )
-            return cfg
-    raise MissingPathError(f"no config.yaml in {ckpt} or its run directory {ckpt.parent.parent}")
-
-
-def load_teacher_backbone(ckpt: str | Path, cfg: Config | None = None) -> tuple[Backbone, Config]:
-    """Build the backbone of the checkpoint's config and load the teacher's weights into it."""
-    backbone, _, cfg = load_teacher_encoder(ckpt, cfg, split_head=False)
-    return backbone, cfg
-
-
-def load_teacher_encoder(
-    ckpt: str | Path, cfg: Config | None = None, split_head: bool = True
-) -> tuple[Backbone, SplitHead | None, Config]:
-    """The checkpoint's representation: backbone and (recon on, `split_head`) split head.
-
-    The teacher's where the method has an EMA teacher (DINOv2, iBOT), else the (shared) student
-    encoder's (VICReg, SimCLR) (DESIGN §1.5). The split head is None when recon is off.
-    """
-    ckpt = Path(ckpt)
-    if not (ckpt / ".metadata").is_file():
-        raise MissingPathError(f"{ckpt} is not a complete DCP checkpoint (no .metadata)")
-    cfg = cfg or checkpoint_config(ckpt)
-    kwargs = backbone_kwargs(cfg.model, cfg.data.global_size)
-    kwargs["drop_path"] = 0.0
-    backbone = build_backbone(**kwargs)
-    head = (
-        SplitHead(backbone.embed_dim, cfg.d_patch, cfg.d_equi)
-        if split_head and cfg.recon.enabled
-        else None
-    )
-    from pretrain.methods import get_method
-
-    key = "teacher" if getattr(get_method(cfg.method.name), "has_teacher", True) else "student"
-    modules = {"encoder.backbone.": backbone}
-    if head is not None:
-        modules["encoder.split_head."] = head
-    state = {
-        key: {prefix + k: v for prefix, m in modules.items() for k, v in m.state_dict().items()}
-    }
-    Checkpointer(ckpt.parent.parent).load(ckpt, state, partial=True)
-    for prefix, module in modules.items():
-        module.load_state_dict(
-            {k[len(prefix) :]: v for k, v in state[key].items() if k.startswith(prefix)}
-        )
-    return backbone.eval(), (head.eval() if head is not None else None), cfg
-
-
-def resolve_checkpoint(path: str | Path, verify: bool = True) -> Path:
-    """A checkpoint directory from `step_X`, `checkpoints/latest` or a `checkpoints` folder.
-
-    With `verify`, its files are checked against its manifest: for `latest` (or a folder) a
-    damaged newest checkpoint is passed over with a warning naming the damaged files; a damaged
-    `step_X` named explicitly is an error.
-    """
-    path = Path(path)
-    if path.name == "latest" or (path / "latest").is_file():
-        root = path.parent if path.name == "latest" else path
-        if verify:
-            found, damaged = select_checkpoint(root)
-            for state in damaged:
-                log.warning(
-                    "damaged checkpoint %s skipped (%s); using %s",
-                    state.path,
-                    state.describe(),
-                    found,
-                )
-        else:
-            found = latest_checkpoint(root)
-        if found is None:
-            raise MissingPathError(f"no complete checkpoint under {root}")
-        return found
-    if not (path / ".metadata").is_file():
-        raise MissingPathError(f"{path} is not a complete checkpoint directory (no .metadata)")
-    if verify:
-        state = verify_checkpoint(path)
-        if not state.usable:
-            raise CheckpointError(f"checkpoint {path} is {state.describe()}")
-    return path
-
-
-def checkpoint_step(ckpt: Path) -> int:
-    m = STEP_RE.match(ckpt.name)
-    if m is None:
-        raise ConfigError(f"checkpoint directory {ckpt} is not named step_XXXXXXXX")
-    return int(m.group(1))
 
 
 # --- tasks ------------------------------------------------------------------------------------
@@ -453,10 +338,7 @@ def _apply_eval_settings(
         if bad:
             raise ConfigError(f"eval accepts only eval.* overrides, got {bad}")
         holder = Config(eval=copy.deepcopy(cfg_eval))
-        from equirecon.config import _set, parse_overrides
-
-        for key, value in parse_overrides(overrides).items():
-            _set(holder, key, value)
+        apply_overrides(holder, overrides)
         cfg_eval = holder.eval
     return cfg_eval
 
@@ -559,8 +441,6 @@ def evaluate_export(
     then `overrides`; the image side is the export's `img_size` unless `eval.img_size` is set.
     The result is returned and, with `out`, written there as JSON.
     """
-    from pretrain.export import CONFIG, load_exported_backbone
-
     export_dir = Path(export_dir)
     e = _apply_eval_settings(EvalConfig(), config, overrides)
     task_list = parse_tasks(tasks, e.tasks)

@@ -26,7 +26,6 @@ import importlib
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -36,34 +35,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from evals.results import EVALS_DIR, write_json_atomic
+from equirecon.executors import require_submitit, slurm_executor
+from equirecon.rundir import CHECKPOINTS_DIR, EVALS_DIR, list_checkpoints, write_json_atomic
 
 log = logging.getLogger("equirecon.watch")
 
 STATE_FILE = "watch_state.json"
 LOCK_FILE = ".watch.lock"
 LOG_FILE = "watch.log"
-CKPT_RE = re.compile(r"^step_(\d{8})$")
 EXECUTORS = ("local", "slurm", "debug")
 FINAL_STATES = ("done", "failed", "skipped")
 
 EvalFn = Callable[[str], Any]
 """Evaluates one checkpoint directory (path as str); returns a result dict with "metrics"."""
-
-
-def complete_checkpoints(ckpt_root: str | Path) -> list[tuple[int, Path]]:
-    """(step, dir) of the complete checkpoints under `ckpt_root`, by step.
-
-    Complete: named `step_XXXXXXXX` (a `.tmp_*` save in progress is not) and holding `.metadata`
-    (DCP writes it last). `latest` is not needed: a crash can leave it stale or missing.
-    """
-    root = Path(ckpt_root)
-    found = []
-    for path in root.iterdir() if root.is_dir() else []:
-        match = CKPT_RE.match(path.name)
-        if match and path.is_dir() and (path / ".metadata").is_file():
-            found.append((int(match.group(1)), path))
-    return sorted(found)
 
 
 def default_eval(
@@ -114,31 +98,24 @@ def build_executor(
     job_name: str = "equirecon-eval",
 ):  # noqa: ANN201 - a submitit.Executor
     """A submitit executor writing its logs under `folder` (one sub-folder per job id)."""
-    try:
-        import submitit
-    except ImportError as e:  # pragma: no cover - submitit is a core dependency
-        raise ImportError("eval watch needs submitit: pip install 'submitit==1.5.4'") from e
-    folder = str(Path(folder) / "%j")
-    if kind == "local":
-        executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=timeout_min)
-    elif kind == "slurm":
-        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-        params: dict[str, Any] = {
+    submitit = require_submitit("eval watch")
+    if kind == "slurm":
+        parameters: dict[str, Any] = {
             "timeout_min": timeout_min,
             "name": job_name,
             "nodes": 1,
             "tasks_per_node": 1,
-        }
-        optional = {
             "slurm_partition": partition,
             "cpus_per_task": cpus_per_task,
             "gpus_per_node": gpus_per_node,
             "mem_gb": mem_gb,
             "slurm_account": account,
         }
-        params.update({k: v for k, v in optional.items() if v is not None})
-        executor.update_parameters(**params)
+        return slurm_executor(folder, "eval watch", parameters)
+    folder = str(Path(folder) / "%j")
+    if kind == "local":
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=timeout_min)
     elif kind == "debug":
         executor = submitit.DebugExecutor(folder=folder)
     else:
@@ -240,7 +217,7 @@ class CheckpointWatcher:
     def scan(self) -> list[str]:
         """Queue the complete checkpoints not seen before; returns their names."""
         new = []
-        for step, path in complete_checkpoints(self.run_dir / "checkpoints"):
+        for step, path in list_checkpoints(self.run_dir / CHECKPOINTS_DIR):
             if path.name not in self.entries:
                 self.entries[path.name] = {"step": step, "state": "queued", "attempts": 0}
                 new.append(path.name)
@@ -274,7 +251,7 @@ class CheckpointWatcher:
             if running >= self.max_parallel:
                 break
             entry = self.entries[name]
-            ckpt = self.run_dir / "checkpoints" / name
+            ckpt = self.run_dir / CHECKPOINTS_DIR / name
             if not (ckpt / ".metadata").is_file():  # removed by the retention policy meanwhile
                 entry.update(state="skipped", error=f"{ckpt} disappeared before evaluation")
                 log.warning("skipping %s: it was deleted before it could be evaluated", name)
@@ -496,8 +473,16 @@ def stop_watcher(proc: subprocess.Popen, timeout: float | None = None) -> int | 
 
 
 @contextlib.contextmanager
-def background_watcher(cfg: Any, is_main: bool = True) -> Iterator[subprocess.Popen | None]:
-    """With `eval.watch` on rank 0: watch `run.dir` while the block runs, then a final pass."""
+def background_watcher(
+    cfg: Any, is_main: bool = True, leave_running: Callable[[], bool] | None = None
+) -> Iterator[subprocess.Popen | None]:
+    """With `eval.watch` on rank 0: watch `run.dir` while the block runs, then a final pass.
+
+    `leave_running`: asked when the block ends; True leaves the watcher running, not waited for
+    (after a stop signal the time left goes to the checkpoint and the requeue; the watcher ends
+    by itself once its parent is gone, and the requeued job's watcher retries the evals that
+    were cut short).
+    """
     if not (cfg.eval.watch and is_main):
         yield None
         return
@@ -505,5 +490,6 @@ def background_watcher(cfg: Any, is_main: bool = True) -> Iterator[subprocess.Po
     try:
         yield proc
     finally:
-        log.info("pretraining ended: the eval watcher does its final pass (pid %d)", proc.pid)
-        stop_watcher(proc)
+        if leave_running is None or not leave_running():
+            log.info("pretraining ended: the eval watcher does its final pass (pid %d)", proc.pid)
+            stop_watcher(proc)

@@ -5,12 +5,12 @@ One Slurm task per GPU (`--gpus-per-node G` gives G tasks per node; on CPU-only 
 
 1. exports the torch.distributed variables from the Slurm environment
    (`submitit.helpers.TorchDistributedEnvironment`: MASTER_ADDR = first node of the job,
-   RANK = SLURM_PROCID, …) and initializes the process group (`launch.distributed`: NCCL on
+   RANK = SLURM_PROCID, …) and initializes the process group (`pretrain.distributed`: NCCL on
    GPUs, gloo on CPU);
-2. trains with `pretrain.train.Trainer` in the run directory of the config. Every rank uses the
-   same `run.dir` (it must be on a filesystem all nodes share); rank 0 keeps the MLflow run id in
-   `RUN_DIR/mlflow_run_id`, so a requeued job continues the same MLflow run and resumes from
-   `RUN_DIR/checkpoints/latest`;
+2. trains through `launch.entry.run_pretraining` (the entry point of `equirecon pretrain` too)
+   in the run directory of the config. Every rank uses the same `run.dir` (it must be on a
+   filesystem all nodes share); rank 0 keeps the MLflow run id in `RUN_DIR/mlflow_run_id`, so a
+   requeued job continues the same MLflow run and resumes from `RUN_DIR/checkpoints/latest`;
 3. on SIGUSR2 (Slurm sends it `--signal-delay-s` seconds before the time limit, and
    `scancel --signal=USR2 JOBID` sends it by hand) or SIGTERM (preemption, scancel) a handler
    only sets a flag. The trainer polls it at every step boundary (`Trainer.fit(should_stop=…)`),
@@ -42,18 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from equirecon.executors import require_submitit, slurm_executor
+from launch.signals import REQUEUE_SIGNAL, StopFlag
+
 log = logging.getLogger("equirecon.launch")
-
-REQUEUE_SIGNAL = signal.SIGUSR2
-"""The signal submitit's Slurm jobs use for time limits and preemption (`--signal=USR2@N`)."""
-
-
-def _require_submitit():  # noqa: ANN202 - the submitit module
-    try:
-        import submitit
-    except ImportError as e:  # pragma: no cover - submitit is a core dependency
-        raise ImportError("launch slurm needs submitit: pip install 'submitit==1.5.4'") from e
-    return submitit
 
 
 @dataclass
@@ -121,31 +113,6 @@ def prepare_config(config: str | Path | None, overrides: list[str], world_size: 
     return cfg
 
 
-class StopFlag:
-    """Signal handlers that only record the signal; the trainer acts on it at a step boundary.
-
-    `install()` remembers the handlers it replaces (submitit's, inside a submitit job), so the
-    job can hand over to them once the checkpoint is saved.
-    """
-
-    def __init__(self, signums: tuple[int, ...] = (REQUEUE_SIGNAL, signal.SIGTERM)) -> None:
-        self.signums = signums
-        self.received: int | None = None
-        self.previous: dict[int, Any] = {}
-
-    def _handler(self, signum: int, _frame: Any = None) -> None:
-        if self.received is None or signum == REQUEUE_SIGNAL:
-            self.received = signum
-
-    def install(self) -> StopFlag:
-        for signum in self.signums:
-            self.previous[signum] = signal.signal(signum, self._handler)
-        return self
-
-    def __call__(self) -> bool:
-        return self.received is not None
-
-
 def _master_port(job_id: str, restart_count: int) -> int:
     """A port all tasks agree on, different after each requeue (the old one may linger)."""
     return 20000 + zlib.crc32(f"{job_id}/{restart_count}".encode()) % 40000
@@ -153,13 +120,13 @@ def _master_port(job_id: str, restart_count: int) -> int:
 
 def export_slurm_dist_env() -> dict[str, str]:
     """Set MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK from the Slurm job (inside a task)."""
-    submitit = _require_submitit()
+    submitit = require_submitit("launch slurm")
     if "MASTER_PORT" not in os.environ:
         job_id = os.environ.get("SLURM_JOB_ID", "0")
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
         os.environ["MASTER_PORT"] = str(_master_port(job_id, restarts))
     env = submitit.helpers.TorchDistributedEnvironment()
-    # All GPUs of the node stay visible; launch.distributed picks cuda:LOCAL_RANK.
+    # All GPUs of the node stay visible; pretrain.distributed picks cuda:LOCAL_RANK.
     env.export(set_cuda_visible_devices=False, overwrite=True)
     return {
         "MASTER_ADDR": env.master_addr,
@@ -189,13 +156,10 @@ class PretrainJob:
         self.requeue_wait_s = requeue_wait_s
 
     def __call__(self) -> dict[str, Any]:
-        from evals.watch import start_watcher, stop_watcher
-        from launch.distributed import destroy, init_distributed
-        from pretrain.train import Trainer
+        from launch.entry import run_pretraining, setup_logging
+        from pretrain.distributed import destroy, init_distributed
 
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        setup_logging()
         stop = StopFlag().install()
         if os.environ.get("SLURM_JOB_ID"):
             export_slurm_dist_env()
@@ -210,20 +174,10 @@ class PretrainJob:
             self.cfg.run.dir,
             os.environ.get("SLURM_RESTART_COUNT", "0"),
         )
-        trainer = Trainer(self.cfg, info)
-        eval_cfg = self.cfg.eval
-        watcher = None
-        if eval_cfg.watch and info.is_main:  # evaluate checkpoints as they land (local jobs)
-            watcher = start_watcher(
-                self.cfg.run.dir, eval_cfg.watch_poll_seconds, eval_cfg.watch_timeout_min
-            )
-        try:
-            last = trainer.fit(should_stop=stop)
-        finally:
-            # Not after a stop signal: the time left goes to the checkpoint and the requeue; the
-            # requeued job's watcher retries the evals that were cut short.
-            if watcher is not None and not trainer.preempted:
-                stop_watcher(watcher)
+        # Not after a stop signal: the time left goes to the checkpoint and the requeue; the
+        # requeued job's watcher retries the evals that were cut short.
+        outcome = run_pretraining(self.cfg, info, stop, leave_watcher_on_stop=True)
+        trainer, last = outcome.trainer, outcome.metrics
         result = {
             "rank": info.rank,
             "world_size": info.world_size,
@@ -258,20 +212,14 @@ class PretrainJob:
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """submitit's requeue hook: the same job again (it resumes from checkpoints/latest)."""
-        submitit = _require_submitit()
+        submitit = require_submitit("launch slurm")
         return submitit.helpers.DelayedSubmission(PretrainJob(self.cfg, self.requeue_wait_s))
 
 
 def build_executor(options: SlurmOptions, folder: str | Path):  # noqa: ANN201 - submitit.AutoExecutor
     """A submitit Slurm executor for `options` (logs under `folder/<job id>/`)."""
-    submitit = _require_submitit()
     options.check()
-    executor = submitit.AutoExecutor(
-        folder=str(Path(folder) / "%j"),
-        cluster="slurm",
-        slurm_max_num_timeout=options.max_timeouts,
-    )
-    params: dict[str, Any] = {
+    parameters: dict[str, Any] = {
         "name": options.job_name,
         "nodes": options.nodes,
         "tasks_per_node": options.ntasks_per_node,
@@ -279,18 +227,15 @@ def build_executor(options: SlurmOptions, folder: str | Path):  # noqa: ANN201 -
         "slurm_signal_delay_s": options.signal_delay_s,
         # requeue-able even where the cluster's JobRequeue=0
         "slurm_additional_parameters": {"requeue": True, **options.extra},
-    }
-    if options.gpus_per_node > 0:
-        params["gpus_per_node"] = options.gpus_per_node
-    optional = {
+        "gpus_per_node": options.gpus_per_node if options.gpus_per_node > 0 else None,
         "cpus_per_task": options.cpus_per_task,
         "mem_gb": options.mem_gb,
         "slurm_partition": options.partition,
         "slurm_account": options.account,
     }
-    params.update({k: v for k, v in optional.items() if v is not None})
-    executor.update_parameters(**params)
-    return executor
+    return slurm_executor(
+        folder, "launch slurm", parameters, slurm_max_num_timeout=options.max_timeouts
+    )
 
 
 def submit_pretraining(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -25,45 +24,21 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import DefaultLoadPlanner
 
 from equirecon.errors import CheckpointError
+from equirecon.rundir import (
+    CHECKPOINTS_DIR,
+    LATEST_FILE,
+    list_checkpoints,
+    step_dir_name,
+    write_text_atomic,
+)
 from pretrain.checkpoint_integrity import CheckpointState, verify_checkpoint, write_manifest
-
-STEP_RE = re.compile(r"^step_(\d{8})$")
-
-
-def step_dir_name(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def _dist_ready() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _rank() -> int:
-    return dist.get_rank() if _dist_ready() else 0
-
-
-def _barrier() -> None:
-    if _dist_ready():
-        dist.barrier()
-
-
-def list_checkpoints(ckpt_root: str | Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints under `ckpt_root`, sorted by step."""
-    root = Path(ckpt_root)
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        m = STEP_RE.match(p.name)
-        if m and p.is_dir() and (p / ".metadata").is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
+from pretrain.distributed import barrier, is_initialized, rank
 
 
 def latest_checkpoint(ckpt_root: str | Path) -> Path | None:
     """The checkpoint named by `latest`, else the newest complete one, else None."""
     root = Path(ckpt_root)
-    pointer = root / "latest"
+    pointer = root / LATEST_FILE
     if pointer.is_file():
         candidate = root / pointer.read_text().strip()
         if (candidate / ".metadata").is_file():
@@ -109,12 +84,12 @@ def select_checkpoint(ckpt_root: str | Path) -> tuple[Path | None, list[Checkpoi
 def select_checkpoint_all_ranks(ckpt_root: str | Path) -> tuple[Path | None, list[CheckpointState]]:
     """`select_checkpoint` run by rank 0 only (it reads every file) and shared with all ranks."""
     result: list = [None]
-    if _rank() == 0:
+    if rank() == 0:
         try:
             result[0] = select_checkpoint(ckpt_root)
         except CheckpointError as err:
             result[0] = err
-    if _dist_ready():
+    if is_initialized():
         dist.broadcast_object_list(result, src=0)
     if isinstance(result[0], CheckpointError):
         raise result[0]
@@ -127,12 +102,6 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return json.loads(meta.read_text()) if meta.is_file() else {}
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class Checkpointer:
     """Save/load DCP state dicts under `RUN_DIR/checkpoints` (all ranks call every method).
 
@@ -141,7 +110,7 @@ class Checkpointer:
     """
 
     def __init__(self, run_dir: str | Path, keep: int = 3, keep_every: int = 0) -> None:
-        self.root = Path(run_dir) / "checkpoints"
+        self.root = Path(run_dir) / CHECKPOINTS_DIR
         self.keep = keep
         self.keep_every = keep_every
 
@@ -158,17 +127,17 @@ class Checkpointer:
         after the DCP write (e.g. DeepSpeed's own files)."""
         final = self.root / step_dir_name(step)
         tmp = self.root / f".tmp_{step_dir_name(step)}"
-        if _rank() == 0:
+        if rank() == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir()
-        _barrier()
+        barrier()
         dcp.save(state, checkpoint_id=str(tmp))
         if extra_writer is not None:
             extra_writer(tmp)
-        _barrier()
-        if _rank() == 0:
+        barrier()
+        if rank() == 0:
             (tmp / "config.yaml").write_text(config_yaml)
             (tmp / "meta.json").write_text(
                 json.dumps({**meta, "step": step, "time": time.time()}, indent=1)
@@ -177,9 +146,9 @@ class Checkpointer:
             if final.exists():  # re-saving the same step (e.g. after a resume): replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            _write_text_atomic(self.root / "latest", final.name + "\n")
+            write_text_atomic(self.root / LATEST_FILE, final.name + "\n")
             self._apply_retention()
-        _barrier()
+        barrier()
         return final
 
     def _apply_retention(self) -> None:

@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from equirecon.rundir import write_text_atomic
+
 MANIFEST = "manifest.json"
 ALGORITHM = "sha256"
 _CHUNK = 1 << 22
@@ -99,9 +101,7 @@ def write_manifest(ckpt_dir: str | Path) -> dict:
             for rel, digest in zip(rels, digests)
         },
     }
-    tmp = ckpt_dir / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, ckpt_dir / MANIFEST)
+    write_text_atomic(ckpt_dir / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 
 

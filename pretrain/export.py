@@ -20,7 +20,9 @@ from typing import Any
 
 from safetensors.torch import save_file
 
+from equirecon.rundir import checkpoint_step
 from pretrain.models.backbone import ARCHS, Backbone, set_attention_backend
+from pretrain.restore import load_teacher_backbone
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -50,8 +52,6 @@ def timm_model_args(backbone: Backbone, img_size: int) -> dict[str, Any]:
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     """Write `out/model.safetensors` and `out/config.json` for the checkpoint's backbone."""
-    from evals.run import checkpoint_step, load_teacher_backbone
-
     checkpoint, out = Path(checkpoint), Path(out)
     backbone, cfg = load_teacher_backbone(checkpoint)
     state = {k: v.detach().contiguous().cpu() for k, v in backbone.vit.state_dict().items()}

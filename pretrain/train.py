@@ -1,5 +1,6 @@
 """The pretraining loop: one process, or one rank of a torchrun/Slurm world.
 
+The entry point that runs it (signals, the background eval watcher) is `launch.entry.pretrain`.
 The parallelization (`train.strategy`: single | ddp | fsdp2 | deepspeed) is one pass applied by
 `pretrain.parallel.build_engine`; this loop only talks to the engine it returns.
 """
@@ -10,7 +11,6 @@ import contextlib
 import json
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,15 +23,21 @@ from equirecon.config import Config, flat_dict, save_config, to_dict
 from equirecon.errors import CheckpointError
 from equirecon.resume_config import check_resume_config, format_changes, load_saved_config
 from equirecon.tracking import MetricsFile, Tracker, describe_tracking
-from launch.distributed import DistInfo, all_reduce_mean, all_reduce_min, barrier, init_distributed
 from pretrain.checkpoint import Checkpointer, read_meta, select_checkpoint_all_ranks
+from pretrain.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    all_reduce_min,
+    barrier,
+    init_distributed,
+)
 from pretrain.meters import device_peak_flops, max_memory_gb, ssl_step_flops
 from pretrain.methods import build_method
 from pretrain.methods.base import SSLMethod, StepOutput
 from pretrain.parallel import build_engine, build_optimizer
 from pretrain.schedules import apply_schedules, build_schedules
 
-__all__ = ["Trainer", "build_optimizer", "pretrain", "transform_generator"]
+__all__ = ["Trainer", "build_optimizer", "transform_generator"]
 
 log = logging.getLogger("equirecon.pretrain")
 
@@ -501,31 +507,3 @@ class Trainer:
         path = self.run_dir / "recon_grid.png"
         if save_recon_grid(out, path) and self.tracker is not None:
             self.tracker.log_artifact(path, artifact_path=f"recon/step_{self.step:08d}")
-
-
-def pretrain(cfg: Config) -> dict[str, float]:
-    """Run (or resume) the pretraining described by `cfg`; returns the last logged metrics."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    trainer = Trainer(cfg)
-    from evals.watch import background_watcher  # eval.watch: evaluate checkpoints as they land
-
-    stop = None
-    if threading.current_thread() is threading.main_thread():
-        from launch.slurm import StopFlag
-
-        # SIGUSR2 (Slurm's warning before the time limit, forwarded by torchrun/containers)
-        # and SIGTERM (preemption, `docker stop`): checkpoint at the next step boundary, return.
-        stop = StopFlag().install()
-    with background_watcher(cfg, trainer.dist.is_main):
-        last = trainer.fit(should_stop=stop)
-    if trainer.preempted and trainer.dist.is_main:
-        log.warning(
-            "stopped by signal %s: checkpoint of step %d saved in %s; run the same command to "
-            "resume",
-            stop.received if stop is not None else "?",
-            trainer.step,
-            trainer.run_dir / "checkpoints",
-        )
-    return last

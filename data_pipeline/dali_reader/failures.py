@@ -21,7 +21,7 @@ def locate_bad_image(
     Scans this rank's part of epoch ``epoch`` up to the read-ahead bound (batches so far
     plus prefetch plus the shuffle buffer). Returns (shard, key, reason) or None.
     """
-    from data_pipeline.build.images import BadImage, inspect_image
+    from data_pipeline.builder.images import BadImage, inspect_image
     from data_pipeline.shards import iter_shard_samples
 
     paths, _ = epoch_shards(loader, epoch)

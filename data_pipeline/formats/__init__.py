@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.build.dataset import DEFAULT_SHARD_SIZE_MB, write_split
+from data_pipeline.builder.dataset import DEFAULT_SHARD_SIZE_MB, write_split
 from data_pipeline.formats import ade20k, imagefolder, images, nyu_depth, voc
 from data_pipeline.formats.base import LayoutError, SplitSources
 

@@ -2,7 +2,7 @@
 
 A converter (one module per layout in this package) reads a dataset root as the dataset ships
 it and returns one `SplitSources` per split it finds, keeping the dataset's own train/val split;
-`data_pipeline.formats.convert` then shards each with `data_pipeline.build.write_split`
+`data_pipeline.formats.convert` then shards each with `data_pipeline.builder.write_split`
 (parallel, resumable, bad files reported).
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.build.sources import IMAGE_SUFFIXES, Annotation, SourceFile
+from data_pipeline.builder.sources import IMAGE_SUFFIXES, Annotation, SourceFile
 
 
 @dataclass

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from data_pipeline.build.sources import find_sources
+from data_pipeline.builder.sources import find_sources
 from data_pipeline.formats.base import LayoutError, SplitSources, image_files, require_dir
 
 LAYOUT = "ROOT/train/<class>/*.JPEG and ROOT/val/<class>/*.JPEG"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_pipeline.build.sources import find_sources
+from data_pipeline.builder.sources import find_sources
 from data_pipeline.formats.base import SplitSources
 
 SPLIT_DIRS = {"train": ("train2017", "train2014", "train"), "val": ("val2017", "val2014", "val")}

@@ -101,7 +101,7 @@ def test_recon_levels_order(tmp_path: Path, demo_data: Path) -> None:
 
 def test_grad_ratio_per_checkpoint(tmp_path: Path, demo_data: Path, tracking_uri: str) -> None:
     from benchmarks import grad_ratio
-    from pretrain.train import pretrain
+    from launch.entry import pretrain
     from tests.test_end_to_end import make_cfg
 
     run = tmp_path / "run"

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipeline.build.dataset import build_shards
-from data_pipeline.build.sources import find_sources
+from data_pipeline.builder.dataset import build_shards
+from data_pipeline.builder.sources import find_sources
 from data_pipeline.dali_index import read_dali_index
 from data_pipeline.shards import iter_shard_samples, resolve_shards
 from equirecon.cli import main

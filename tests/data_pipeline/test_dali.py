@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from data_pipeline.batch import IMAGENET_STD
-from data_pipeline.build.dataset import build_shards
+from data_pipeline.builder.dataset import build_shards
 from data_pipeline.shards import iter_shard_samples, write_shards
 from data_pipeline.torch_reader.loader import TrainLoader, build_train_loader
 from equirecon.config import load_config

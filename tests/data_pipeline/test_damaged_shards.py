@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import equirecon.cli as cli
-from data_pipeline.build.dataset import build_shards
+from data_pipeline.builder.dataset import build_shards
 from data_pipeline.shards import resolve_shards, scan_shard
 from data_pipeline.torch_reader.stream import ShardSampleStream
 from equirecon.config import load_config

@@ -52,9 +52,9 @@ def test_describe_tracking_of_a_server() -> None:
 
 CREATE = """
 import sys, time
-from equirecon.tracking import _client
+from equirecon.tracking import mlflow_client
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # start together
-print(len(_client(sys.argv[1]).search_experiments()))  # the Default experiment
+print(len(mlflow_client(sys.argv[1]).search_experiments()))  # the Default experiment
 """
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from equirecon.cli import main
 from evals.run import evaluate_checkpoint, evaluate_export
+from launch.entry import pretrain
 from pretrain.export import export_checkpoint
-from pretrain.train import pretrain
 from tests.test_end_to_end import make_cfg
 
 pytestmark = pytest.mark.slow

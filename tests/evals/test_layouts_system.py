@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from equirecon.cli import main
-from pretrain.train import pretrain
+from launch.entry import pretrain
 from tests.data_pipeline.layouts import make_ade20k, make_coco, make_imagenet, make_nyu, make_voc
 from tests.test_end_to_end import make_cfg
 

@@ -156,7 +156,7 @@ def test_equi_features_read_the_checkpoints_split_head(
 
     from evals.providers import build_provider
     from evals.run import load_teacher_encoder
-    from pretrain.train import pretrain
+    from launch.entry import pretrain
     from tests.test_end_to_end import make_cfg
 
     run_dir = tmp_path / "run"

@@ -18,11 +18,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from equirecon.rundir import list_checkpoints
 from evals.watch import (
     STATE_FILE,
     CheckpointWatcher,
     background_watcher,
-    complete_checkpoints,
     start_watcher,
     stop_watcher,
     watch,
@@ -80,8 +80,8 @@ def test_only_complete_checkpoints_count(tmp_path: Path) -> None:
     make_checkpoint(run, 3, name=".tmp_step_00000003")  # a save in progress
     (run / "checkpoints" / "notes").mkdir()
     # No `latest` pointer at all (crash before it was written).
-    assert [p.name for _, p in complete_checkpoints(run / "checkpoints")] == ["step_00000001"]
-    assert complete_checkpoints(tmp_path / "missing") == []
+    assert [p.name for _, p in list_checkpoints(run / "checkpoints")] == ["step_00000001"]
+    assert list_checkpoints(tmp_path / "missing") == []
 
 
 def test_interrupted_checkpoints_wait_and_nothing_is_evaluated_twice(tmp_path: Path) -> None:

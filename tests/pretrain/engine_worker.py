@@ -19,7 +19,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from equirecon.config import load_config
-from launch.distributed import init_distributed
+from pretrain.distributed import init_distributed
 from pretrain.train import Trainer
 
 REPO = Path(__file__).resolve().parents[2]

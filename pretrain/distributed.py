@@ -1,4 +1,8 @@
-"""torch.distributed setup from the environment (torchrun, Slurm via submitit, or single process)."""
+"""torch.distributed setup from the environment (torchrun, Slurm via submitit, or single process),
+and the collectives the training loop and the checkpointer use (identities without a process group).
+
+Here, not in `launch`, because pretraining itself needs it; `launch` only sets up the environment
+(e.g. `launch.slurm.export_slurm_dist_env`) that `init_distributed` reads."""
 
 from __future__ import annotations
 
@@ -46,8 +50,18 @@ def init_distributed(backend: str | None = None) -> DistInfo:
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
+def is_initialized() -> bool:
+    """True when a default process group exists."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """This process's rank in the default process group (0 without one)."""
+    return dist.get_rank() if is_initialized() else 0
+
+
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.barrier()
 
 
