@@ -358,9 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", default=None, help="dataset root (default: the run's data.path)")
     ev.add_argument(
         "--floor",
-        choices=["pixels", "random"],
+        choices=["pixels", "random", "patchstats"],  # evals.providers.FLOORS (torch-free here)
         default=None,
-        help="evaluate a floor instead: raw pixels or a random-init ViT of the same shape",
+        help="evaluate a floor instead: raw pixels, a random-init ViT of the same shape, or "
+        "patchstats (pooled first and second moments of raw p×p patches: a positive control "
+        "for pooled global vectors)",
     )
     ev.add_argument("--out", default=None, help="results JSON (default: RUN_DIR/evals/…)")
     ev.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")

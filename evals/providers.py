@@ -2,9 +2,10 @@
 
 A provider maps normalized images (B, 3, H, W) to a global feature (B, D) (kNN, linear probe,
 equivariance R²) and to a patch-feature grid (B, D_p, H/p, W/p) (homography, segmentation).
-Three kinds exist: a trained ViT backbone, a random-init ViT of the same shape (floor) and the
-raw pixels (floor). The floors say how much of a number is the model's and how much the
-protocol's.
+Four kinds exist: a trained ViT backbone, a random-init ViT of the same shape (floor), the raw
+pixels (floor) and pooled patch statistics of the raw pixels (`patchstats`, a positive control:
+what a global vector pooled over patches can carry). The floors say how much of a number is the
+model's and how much the protocol's.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from evals.features import (
     pool_patch_grid,
 )
 
-FLOORS = ("pixels", "random")
+FLOORS = ("pixels", "random", "patchstats")
 
 
 class FeatureProvider:
@@ -182,6 +183,35 @@ class PixelFeatures(FeatureProvider):
         return F.pixel_unshuffle(images, self.patch_size)
 
 
+class PatchStatsFeatures(PixelFeatures):
+    """Pooled local statistics of raw pixels: a positive control for pooled features.
+
+    The global feature is what a mean over patches keeps of quadratic functions of each p×p
+    patch: the mean patch (3·p² values) and the mean over patches of the outer product of each
+    patch's grey values with its own mean removed (upper triangle, p²(p²+1)/2 values: the local
+    autocorrelation up to p pixels apart, whose anisotropy turns with the image). A rotation
+    about the centre permutes patches, which the mean cannot see, and turns the content inside
+    each patch, which these second moments can. If θ is readable from this vector, a global
+    vector pooled from patch tokens can carry it; if not, pooling at this patch size loses it
+    whatever the encoder does. Patch features are the raw patches (as `PixelFeatures`).
+    """
+
+    def __init__(self, patch_size: int) -> None:
+        super().__init__(patch_size)
+        self.name = "patchstats"
+        p2 = self.patch_size**2
+        self._upper = torch.triu_indices(p2, p2)
+
+    def global_features(self, images: Tensor) -> Tensor:
+        p = self.patch_size
+        patches = F.pixel_unshuffle(images, p).flatten(2)  # (B, 3p², N)
+        mean_patch = patches.mean(dim=2)
+        grey = F.pixel_unshuffle(images.mean(dim=1, keepdim=True), p).flatten(2)  # (B, p², N)
+        grey = grey - grey.mean(dim=1, keepdim=True)
+        second = torch.einsum("bin,bjn->bij", grey, grey) / grey.shape[2]
+        return torch.cat([mean_patch, second[:, self._upper[0], self._upper[1]]], dim=1)
+
+
 def random_like(backbone: nn.Module, seed: int = 0) -> nn.Module:
     """A copy of a `pretrain.models.backbone.Backbone` re-initialized with timm's ViT init.
 
@@ -218,7 +248,7 @@ def build_provider(
 
     Args:
         backbone: the trained backbone (its shape and patch size define the floors).
-        floor: None (the backbone itself), "pixels" or "random".
+        floor: None (the backbone itself), "pixels", "random" or "patchstats".
         seed: seed of the random-init floor.
         pooling: global pooling of ViT tokens (see `backbone_feature_fn`).
         split_head: the trained split head (recon on), read by `equi_features`; the random
@@ -229,6 +259,8 @@ def build_provider(
         return BackboneFeatures(backbone, "backbone", pooling, split_head, feature_layers)
     if floor == "pixels":
         return PixelFeatures(int(backbone.patch_size))
+    if floor == "patchstats":
+        return PatchStatsFeatures(int(backbone.patch_size))
     if floor == "random":
         head = random_split_head_like(split_head, seed) if split_head is not None else None
         return BackboneFeatures(

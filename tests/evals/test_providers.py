@@ -144,3 +144,38 @@ def test_equi_features_pool_the_equi_slice_like_the_global_feature(
     assert torch.equal(pixels.equivariance_fn("equi")(images), pixels.global_features(images))
     with pytest.raises(ValueError, match="equivariance_features"):
         pixels.equivariance_fn("tokens")
+
+
+def test_patchstats_floor_sees_orientation_inside_patches_but_not_their_order() -> None:
+    """The positive control: pooled patch moments ignore where patches are (a shift by whole
+    patches leaves them unchanged) but see how the content inside them is oriented."""
+    from evals.providers import FLOORS, PatchStatsFeatures
+
+    assert "patchstats" in FLOORS
+    p, side = 4, 16
+    provider = build_provider(build_backbone("vit_tiny", img_size=side, patch_size=p), "patchstats")
+    assert isinstance(provider, PatchStatsFeatures)
+    rows = torch.arange(side, dtype=torch.float32)
+    stripes = torch.sin(rows * 1.3)[None, None, :, None].expand(1, 3, side, side)  # horizontal
+    stripes = stripes + 0.1 * torch.randn(
+        1, 3, side, side, generator=torch.Generator().manual_seed(0)
+    )
+    feats = provider.global_features(stripes)
+    assert feats.shape == (1, 3 * p * p + p * p * (p * p + 1) // 2)
+    shifted = torch.roll(stripes, shifts=(p, 2 * p), dims=(2, 3))  # patches permuted, not turned
+    torch.testing.assert_close(provider.global_features(shifted), feats)
+    turned = stripes.transpose(2, 3)  # vertical stripes: the same patches' content turned 90°
+    second = 3 * p * p
+    diff = (provider.global_features(turned) - feats)[:, second:].abs().max()
+    assert diff > 0.1 * feats[:, second:].abs().max()
+    # the mean over all pixels of the image, which pooling keeps, is the same for both
+    torch.testing.assert_close(turned.mean(), stripes.mean())
+
+
+def test_cli_floor_choices_are_the_providers_floors() -> None:
+    from equirecon.cli import build_parser
+    from evals.providers import FLOORS
+
+    ev = build_parser()._subparsers._group_actions[0].choices["eval"]
+    floor = next(a for a in ev._actions if a.dest == "floor")
+    assert list(floor.choices) == list(FLOORS)
