@@ -9,7 +9,7 @@ only read differences well above this std.
         --transforms rotation,se2 --settings 768x8x30,1536x8x30 [--checkpoint RUN/checkpoints/latest]
 
 A setting is TRAIN_IMAGESxVIEWSxEPOCHS; the test set is `--test-images` images, one view each;
-`--repeats R` averages R fits of h per probe seed (as `eval.r2_repeats`).
+`--repeats R` averages R fits of h per probe seed (as `eval.equivariance.repeats`).
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats",
         type=int,
         default=1,
-        help="fits of h per probe seed, averaged (eval.r2_repeats)",
+        help="fits of h per probe seed, averaged (eval.equivariance.repeats)",
     )
-    parser.add_argument("--features", default=None, help="eval.equivariance_features override")
-    parser.add_argument("--view", default=None, help="eval.equivariance_view override")
+    parser.add_argument("--features", default=None, help="eval.equivariance.features override")
+    parser.add_argument("--view", default=None, help="eval.equivariance.view override")
     parser.add_argument("--data", default=None)
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     args = parser.parse_args(argv)
@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = load_config(args.config)
     e = cfg.eval
-    features = args.features or e.equivariance_features
-    view = args.view or e.equivariance_view
+    features = args.features or e.equivariance.features
+    view = args.view or e.equivariance.view
     size = e.img_size or cfg.data.global_size
     data = args.data or e.data or cfg.data.path
     shape = build_backbone(**{**backbone_kwargs(cfg.model, cfg.data.global_size), "drop_path": 0})
@@ -81,12 +81,12 @@ def main(argv: list[str] | None = None) -> int:
             train_x = cache[("train", source, n_train)]
             test_x = cache[("val", source, args.test_images)]
             for label, provider in providers:
-                fn = provider.equivariance_fn(features, e.equivariance_grid)
+                fn = provider.equivariance_fn(features, e.equivariance.grid)
                 values, t0 = [], time.perf_counter()
                 for seed in (int(s) * REPEAT_STRIDE for s in _split(args.seeds)):
                     res = equivariance_r2(
                         fn, train_x, test_x, transform, seed=seed, epochs=epochs,
-                        hidden=e.r2_hidden, batch_size=e.batch_size, views_per_image=views,
+                        hidden=e.equivariance.hidden, batch_size=e.batch_size, views_per_image=views,
                         view=view, repeats=args.repeats,
                     )  # fmt: skip
                     values.append(res["r2"])

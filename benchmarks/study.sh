@@ -77,7 +77,7 @@ evaluate() {  # evaluate VARIANT SEED: full eval of the last checkpoint, rotatio
     else
       echo "== $run: eval $step, rotation curve ($(date -u +%T))"
       timed "$run" "eval_$step" nice -n "$NICE" "$EQ" eval --checkpoint "$ckpt" --config "$cfg" \
-        --tasks equivariance eval.equivariance_transforms=rotation eval.r2_repeats=1
+        --tasks equivariance eval.equivariance.transforms=rotation eval.equivariance.repeats=1
     fi
   done
 }

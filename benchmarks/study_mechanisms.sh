@@ -55,7 +55,7 @@ print(load_config(sys.argv[1]).train.max_steps)' "$CFG")
   # The last checkpoint only, and the tasks that answer the mechanism questions (a CPU budget;
   # the study runs have the full evaluation and the curves).
   nice -n "$NICE" "$EQ" eval --checkpoint "$last" --config "$CFG" --tasks equivariance,knn,linear \
-    eval.equivariance_transforms=rotation,se2,translation
+    eval.equivariance.transforms=rotation,se2,translation
 }
 
 overrides() {  # the config overrides of one mechanism run
@@ -86,7 +86,7 @@ probe_other() {  # probe_other RUN FEATURES: rotation R² of other features, las
   local out="$1/evals/rotation_$2.json"
   [[ -f "$out" ]] && return
   nice -n "$NICE" "$EQ" eval --checkpoint "$1/checkpoints/latest" --config "$CFG" \
-    --tasks equivariance eval.equivariance_transforms=rotation "eval.equivariance_features=$2" \
+    --tasks equivariance eval.equivariance.transforms=rotation "eval.equivariance.features=$2" \
     --out "$out" --no-mlflow > /dev/null 2>&1
 }
 for run in "$RUNS/${SETTING}"_*_s*; do

@@ -340,11 +340,16 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=10")
     pre.set_defaults(func=_cmd_pretrain)
 
+    from equirecon.eval_tasks import get_task_spec, task_names
+
+    tasks = "\n".join(f"  {n:<13} {get_task_spec(n).summary}".rstrip() for n in task_names())
     ev = verbs.add_parser(
         "eval",
         help="evaluate a checkpoint or an export (`eval watch RUN_DIR`: every checkpoint)",
-        epilog="`equirecon eval watch RUN_DIR …` evaluates each new checkpoint of a run "
+        epilog=f"eval.tasks (each with its settings eval.<task>.*):\n{tasks}\n\n"
+        "`equirecon eval watch RUN_DIR …` evaluates each new checkpoint of a run "
         "(see `equirecon eval watch --help`).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = ev.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="RUN_DIR/checkpoints/step_X (or .../latest)")
@@ -352,8 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--tasks",
         default="",
-        help="comma-separated, or all: equivariance,knn,linear,homography,segmentation,depth "
-        "(default: eval.tasks)",
+        help=f"comma-separated, or all: {','.join(task_names())} (default: eval.tasks)",
     )
     ev.add_argument("--data", default=None, help="dataset root (default: the run's data.path)")
     ev.add_argument(

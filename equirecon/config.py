@@ -15,7 +15,24 @@ from typing import Any
 
 import yaml
 
+from equirecon.checks import (
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    TRANSFORMS,
+    UNIT,
+    Rule,
+    ge,
+    gt,
+    one_of,
+    open_pair,
+    pair,
+    registered,
+    split_names,
+    within,
+)
 from equirecon.errors import ConfigError, MissingPathError
+from equirecon.eval_tasks import task_names, task_specs
 from equirecon.methods import ARCH_OWN as _ARCH_OWN
 from equirecon.methods import LEGACY_DEFAULTS, get_spec, method_names
 from equirecon.rundir import write_text_atomic
@@ -194,15 +211,18 @@ class TrackingConfig:
 
 
 @dataclass
-class EvalConfig:
-    """The frozen-backbone evaluations (evals/): which tasks, on what data, at what size.
+class SharedEvalConfig:
+    """The eval settings of every task: data, image side, seed, features, and the watcher.
 
-    The defaults are a quick pass sized for every checkpoint (about 2 minutes for all five task
-    families on the CPU demo model); raise the image counts and epochs for final numbers.
+    The settings of one task are its own section `eval.<task>.*` (`eval.knn.k`), declared by the
+    task's spec in equirecon/eval_tasks/<task>.py; `EvalConfig` below holds both. The defaults
+    are a quick pass sized for every checkpoint (about 2 minutes for all task families on the
+    CPU demo model); raise the image counts and epochs for final numbers.
     """
 
     data: str = ""  # "" -> data.path
-    tasks: str = "equivariance,knn,linear,homography,segmentation,depth"  # or "all"
+    # Comma-separated task names, or "all"; default: every registered task.
+    tasks: str = field(default_factory=lambda: ",".join(task_names()))
     img_size: int | None = None  # None: data.global_size
     seed: int = 0  # θ draws, splits, head initializations, batch order
     pooling: str = "cls+mean"  # global feature: cls | cls+mean | mean
@@ -210,53 +230,36 @@ class EvalConfig:
     # Features of the last n transformer blocks, concatenated (DINOv2's n_last_blocks): the
     # global feature pools each of them as eval.pooling, the patch grid stacks their channels.
     feature_layers: int = 1
-    # Equivariance R² (natural subset): transforms, images, views, the MLP h.
-    equivariance_transforms: str = "rotation,translation,se2,color,blur"
-    # What h reads of f(I) and f(g(I)): "global" = the eval.pooling vector ([CLS; mean patch]),
-    # the paper's / SIE's protocol; "grid" = [CLS; patch tokens average-pooled to an
-    # equivariance_grid² grid, flattened] (0: the full patch grid); "equi" = the split head's
-    # z_equi slice, pooled as eval.pooling (runs with recon on).
-    equivariance_features: str = "global"
-    equivariance_grid: int = 2
-    # How I and g(I) are made: "context" = g applied to a larger image, centre crop (no fill,
-    # nothing but content tells θ); "disk" = both masked to the inscribed disk; "full" = g on
-    # the image with its zero fill visible (the fill's shape alone gives θ away).
-    equivariance_view: str = "context"
-    r2_repeats: int = 1  # fits of h per transform (R² = their mean; std logged as *_r2_std)
-    max_train_images: int = 768
-    max_test_images: int = 256
-    r2_views: int = 2
-    r2_epochs: int = 20
-    r2_hidden: int = 1024
-    # kNN and linear probe (labelled subset; val used as test). 0: every image.
+    # The labelled subset's images, shared by the tasks on its global features (knn, linear;
+    # val used as test). 0: every image.
     labelled_train_images: int = 2000
     labelled_test_images: int = 1000
-    knn_k: int = 20
-    linear_lrs: str = "0.001,0.01,0.1,1.0"
-    linear_epochs: int = 50
-    linear_val_fraction: float = 0.1
-    # Homography (natural subset; val photos held out); rho: corner offset / image side.
-    homography_train_images: int = 400
-    homography_test_images: int = 200
-    homography_views: int = 4
-    homography_rho: float = 0.25
-    homography_epochs: int = 15
-    homography_channels: int = 32
-    homography_lr: float = 0.001
-    # Linear segmentation (segmentation subset). 0: every scene.
-    segmentation_train_images: int = 1200
-    segmentation_test_images: int = 400
-    segmentation_epochs: int = 20
-    segmentation_lr: float = 0.01
-    # Linear depth (depth subset: demo's rendered rooms or NYU Depth v2). 0: every image.
-    depth_train_images: int = 300
-    depth_test_images: int = 100
-    depth_epochs: int = 20
-    depth_lr: float = 0.01
     # Watch RUN_DIR/checkpoints while pretraining (rank 0 starts `equirecon eval watch`).
     watch: bool = False
     watch_poll_seconds: float = 30.0
     watch_timeout_min: int = 240  # per eval job
+
+
+def _eval_config_class() -> type:
+    """`SharedEvalConfig` plus one section per registered eval task (`eval.<task>.*`, the task
+    spec's settings dataclass), in `eval.tasks=all` order."""
+    shared = {f.name for f in dataclasses.fields(SharedEvalConfig)}
+    sections = []
+    for spec in task_specs():
+        if spec.name in shared:
+            raise ValueError(f"eval task {spec.name!r}: the name of a shared eval key")
+        sections.append((spec.name, spec.settings, field(default_factory=spec.settings)))
+    cls = dataclasses.make_dataclass(
+        "EvalConfig", sections, bases=(SharedEvalConfig,), namespace={"__module__": __name__}
+    )
+    cls.__doc__ = (
+        "The frozen-backbone evaluations (evals/): the shared settings (`SharedEvalConfig`) and "
+        "one section per task, `cfg.eval.<task>` (equirecon/eval_tasks/<task>.py)."
+    )
+    return cls
+
+
+EvalConfig = _eval_config_class()
 
 
 @dataclass
@@ -328,28 +331,156 @@ def _convert(value: Any, current: Any, key: str, annotation: str = "") -> Any:
 
 
 def set_value(cfg: Config, dotted: str, value: Any) -> None:
-    """Set `section.key` of `cfg` to `value` (converted to the field's type; unknown keys are
-    errors naming the valid ones)."""
+    """Set `section.key` (or `eval.<task>.key`) of `cfg` to `value` (converted to the field's
+    type; unknown keys are errors naming the valid ones; a moved key (MOVED_KEYS) sets its new
+    key, with a FutureWarning)."""
+    if dotted in MOVED_KEYS:
+        warn_moved_keys([dotted])
+        dotted = MOVED_KEYS[dotted]
     parts = dotted.split(".")
-    if len(parts) != 2:
+    if len(parts) not in (2, 3):
         raise ConfigError(f"config key {dotted!r} must be 'section.key'")
-    section_name, key = parts
+    section_name = parts[0]
     section_fields = {f.name for f in dataclasses.fields(cfg)}
     if section_name not in section_fields:
         raise ConfigError(
             f"unknown config section {section_name!r} in {dotted!r}; sections: {sorted(section_fields)}"
         )
-    section = getattr(cfg, section_name)
-    attr = _ALIASES.get(key, key)
     if dotted in _REMOVED_KEYS:
         _removed_key(dotted, value)
         return
-    fields = {f.name: f for f in dataclasses.fields(section)}
+    owner, owner_name = getattr(cfg, section_name), section_name
+    if len(parts) == 3:  # a subsection: eval.<task>.<key>
+        if parts[1] not in _subsections(owner):
+            raise ConfigError(f"config key {dotted!r} must be 'section.key'")
+        owner, owner_name = getattr(owner, parts[1]), f"{section_name}.{parts[1]}"
+    key = parts[-1]
+    attr = _ALIASES.get(key, key)
+    fields = {f.name: f for f in dataclasses.fields(owner)}
     if attr not in fields:
         valid = sorted(_REVERSE_ALIASES.get(n, n) for n in fields)
-        raise ConfigError(f"unknown config key {dotted!r}; valid keys in {section_name!r}: {valid}")
+        raise ConfigError(f"unknown config key {dotted!r}; valid keys in {owner_name!r}: {valid}")
+    if attr in _subsections(owner):
+        valid = [f.name for f in dataclasses.fields(getattr(owner, attr))]
+        raise ConfigError(
+            f"config key {dotted!r} is a section, not a value; its keys: "
+            f"{', '.join(f'{dotted}.{k}' for k in valid)}"
+        )
     annotation = str(fields[attr].type)
-    setattr(section, attr, _convert(value, getattr(section, attr), dotted, annotation))
+    setattr(owner, attr, _convert(value, getattr(owner, attr), dotted, annotation))
+
+
+def _subsections(section: Any) -> set[str]:
+    """The fields of a config section that are sections themselves (eval's task sections)."""
+    return {
+        f.name for f in dataclasses.fields(section)
+        if dataclasses.is_dataclass(getattr(section, f.name))
+    }  # fmt: skip
+
+
+def get_value(cfg: Config, dotted: str) -> Any:
+    """The value of `section.key` (or `eval.<task>.key`; a moved key reads its new key)."""
+    dotted = MOVED_KEYS.get(dotted, dotted)
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, _ALIASES.get(part, part))
+    return obj
+
+
+# ---- moved keys -----------------------------------------------------------------------------
+# Keys renamed in place: old -> new. An old key (in a file, an override, a saved run config) sets
+# the new one with a FutureWarning naming it, for one release; `RUN_DIR/config.yaml` files saved
+# before the rename load, resume (`equirecon.resume_config` compares new spellings) and evaluate
+# unchanged. The eval tasks' settings moved into one section per task (issue #15), 2027-01.
+MOVED_KEYS: dict[str, str] = {
+    "eval.equivariance_transforms": "eval.equivariance.transforms",
+    "eval.equivariance_features": "eval.equivariance.features",
+    "eval.equivariance_grid": "eval.equivariance.grid",
+    "eval.equivariance_view": "eval.equivariance.view",
+    "eval.r2_repeats": "eval.equivariance.repeats",
+    "eval.max_train_images": "eval.equivariance.train_images",
+    "eval.max_test_images": "eval.equivariance.test_images",
+    "eval.r2_views": "eval.equivariance.views_per_image",
+    "eval.r2_epochs": "eval.equivariance.epochs",
+    "eval.r2_hidden": "eval.equivariance.hidden",
+    "eval.knn_k": "eval.knn.k",
+    "eval.linear_lrs": "eval.linear.lrs",
+    "eval.linear_epochs": "eval.linear.epochs",
+    "eval.linear_val_fraction": "eval.linear.val_fraction",
+    "eval.homography_train_images": "eval.homography.train_images",
+    "eval.homography_test_images": "eval.homography.test_images",
+    "eval.homography_views": "eval.homography.views",
+    "eval.homography_rho": "eval.homography.rho",
+    "eval.homography_epochs": "eval.homography.epochs",
+    "eval.homography_channels": "eval.homography.channels",
+    "eval.homography_lr": "eval.homography.lr",
+    "eval.segmentation_train_images": "eval.segmentation.train_images",
+    "eval.segmentation_test_images": "eval.segmentation.test_images",
+    "eval.segmentation_epochs": "eval.segmentation.epochs",
+    "eval.segmentation_lr": "eval.segmentation.lr",
+    "eval.depth_train_images": "eval.depth.train_images",
+    "eval.depth_test_images": "eval.depth.test_images",
+    "eval.depth_epochs": "eval.depth.epochs",
+    "eval.depth_lr": "eval.depth.lr",
+}
+
+
+def warn_moved_keys(old_keys: list[str], where: str = "") -> None:
+    """One FutureWarning naming each old key's new key (`where`: the file, if any)."""
+    if not old_keys:
+        return
+    import warnings
+
+    moves = ", ".join(f"{old} -> {MOVED_KEYS[old]}" for old in old_keys)
+    warnings.warn(
+        f"{where + ': ' if where else ''}config keys renamed ({moves}); the old names are read "
+        f"for one more release: use the new ones",
+        FutureWarning,
+        stacklevel=3,
+    )
+
+
+def rename_moved_keys(flat: dict[str, Any], where: str | None = "") -> dict[str, Any]:
+    """`flat` (dotted key -> value) with each moved key under its new name, in place of the old
+    one. Warns once for them all (`where`: the file; None: silently). Raises ConfigError when
+    one mapping sets a key under both names to different values."""
+    out: dict[str, Any] = {}
+    old_keys = [k for k in flat if k in MOVED_KEYS]
+    for key, value in flat.items():
+        new = MOVED_KEYS.get(key, key)
+        if new in out and out[new] != value:  # both spellings, two values
+            raise ConfigError(
+                f"{where + ': ' if where else ''}{_old_name(new)} and {new} are the same "
+                f"setting (renamed); keep only {new}"
+            )
+        out[new] = value
+    if where is not None:
+        warn_moved_keys(old_keys, where)
+    return out
+
+
+def _old_name(new: str) -> str:
+    return next(old for old, moved in MOVED_KEYS.items() if moved == new)
+
+
+def _rename_tree(tree: dict[str, Any], where: str) -> dict[str, Any]:
+    """A YAML config mapping with moved keys under their new names (warns once for the file)."""
+    flat = flatten(tree)
+    if not any(k in MOVED_KEYS for k in flat):
+        return tree
+    return unflatten(rename_moved_keys(flat, where))
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """`{"a.b": 1}` -> `{"a": {"b": 1}}` (the inverse of `flatten`)."""
+    tree: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        *path, key = dotted.split(".")
+        node = tree
+        for part in path:
+            node = node.setdefault(part, {})
+        node[key] = value
+    return tree
 
 
 # Keys that no longer exist: (the value that meant today's behaviour, what to do instead).
@@ -424,6 +555,7 @@ def _read_tree(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     bases = tree.pop(BASE_KEY, None)
+    tree = _rename_tree(tree, str(path))
     if bases is None:
         return tree
     if isinstance(bases, str):
@@ -453,9 +585,13 @@ def _merge_trees(under: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Set the `key=value` overrides on `cfg` in place (no validation); returns `cfg`."""
-    for key, value in parse_overrides(overrides).items():
-        set_value(cfg, key, value)
+    """Set the `key=value` overrides on `cfg` in place (no validation); returns `cfg`. Moved
+    keys (MOVED_KEYS) set their new keys, with one FutureWarning for them all."""
+    parsed = parse_overrides(overrides)
+    old_keys = [k for k in parsed if k in MOVED_KEYS]
+    warn_moved_keys(old_keys, "overrides")
+    for key, value in parsed.items():
+        set_value(cfg, MOVED_KEYS.get(key, key), value)
     return cfg
 
 
@@ -511,52 +647,14 @@ def resolve_recipe_defaults(cfg: Config) -> None:
 
 
 # ---- value checks ---------------------------------------------------------------------------
-# One row per key whose wrong value is meaningless: (key, test, what the value must be). A value
-# of None (the method's, arch's or data's own default) is not checked. Cross-field checks are in
-# `validate` below. Choices kept in step with their registries (tests/equirecon checks them):
-# recon.transform (data_pipeline/transforms), eval.pooling / eval.equivariance_features
-# (evals/features.py), eval.equivariance_view (evals/equivariance.py).
-TRANSFORMS = ("rotation", "translation", "se2", "color", "blur")
+# One row per key whose wrong value is meaningless: (key, test, what the value must be), with the
+# rules of equirecon/checks.py. A value of None (the method's, arch's or data's own default) is
+# not checked. The keys of the eval task sections (`eval.<task>.*`) are checked by the rules of
+# their task specs (equirecon/eval_tasks/<task>.py; `value_checks()` lists both). Cross-field
+# checks are in `validate` below. Choices kept in step with their registries
+# (tests/equirecon checks them): recon.transform (data_pipeline/transforms), eval.pooling
+# (evals/features.py).
 POOLINGS = ("cls", "cls+mean", "mean")
-EQUIVARIANCE_FEATURES = ("global", "grid", "equi")
-EQUIVARIANCE_VIEWS = ("context", "disk", "full")
-
-# (test, what the value must be); the description may be computed when a check fails (a
-# registry's names, which modules may add to).
-Rule = tuple[Callable[[Any], bool], str | Callable[[], str]]
-
-
-def _ge(lo: float) -> Rule:
-    return (lambda v: v >= lo), f">= {lo:g}"
-
-
-def _gt(lo: float) -> Rule:
-    return (lambda v: v > lo), f"> {lo:g}"
-
-
-def _within(lo: float, hi: float, low_open: bool = False, high_open: bool = False) -> Rule:
-    def test(v: float) -> bool:
-        return (lo < v if low_open else lo <= v) and (v < hi if high_open else v <= hi)
-
-    return test, f"in {'(' if low_open else '['}{lo:g}, {hi:g}{')' if high_open else ']'}"
-
-
-def _pair(lo: float, hi: float) -> Rule:
-    return (lambda v: lo <= v[0] <= v[1] <= hi), f"a pair [a, b] with {lo:g} <= a <= b <= {hi:g}"
-
-
-def _open_pair(lo: float, hi: float) -> Rule:
-    return (lambda v: lo < v[0] <= v[1] <= hi), f"a pair [a, b] with {lo:g} < a <= b <= {hi:g}"
-
-
-def _one_of(choices: Any) -> Rule:
-    options = sorted(choices)
-    return (lambda v: v in options), f"one of {options}"
-
-
-def _registered(names: Callable[[], list[str]]) -> Rule:
-    """One of the names a registry holds when the check runs."""
-    return (lambda v: v in names()), (lambda: f"one of {names()}")
 
 
 # Keys whose valid values are the names in a registry that a higher layer owns (data backends
@@ -584,86 +682,66 @@ def _registry_choices(key: str) -> Rule:
 
 
 def _task_list(v: str) -> bool:
-    names = [t.strip() for t in v.split(",") if t.strip()]
-    return bool(names) and (names == ["all"] or set(names) <= set(EVAL_TASKS))
+    names = split_names(v)
+    return bool(names) and (names == ["all"] or set(names) <= set(task_names()))
 
-
-def _name_list(choices: tuple[str, ...]) -> Rule:
-    def test(v: str) -> bool:
-        names = [t.strip() for t in v.split(",") if t.strip()]
-        return bool(names) and set(names) <= set(choices)
-
-    return test, f"a comma-separated list of {list(choices)}"
-
-
-def _float_list(v: str) -> bool:
-    try:
-        values = [float(t) for t in v.split(",") if t.strip()]
-    except ValueError:
-        return False
-    return bool(values) and all(x > 0 for x in values)
-
-
-EVAL_TASKS = ("equivariance", "knn", "linear", "homography", "segmentation", "depth")
-POSITIVE, NON_NEGATIVE = _ge(1), _ge(0)
-UNIT, PROBABILITY = _within(0, 1, low_open=True), _within(0, 1)
 
 VALUE_CHECKS: tuple[tuple[str, Rule], ...] = (
-    ("method.name", _registered(method_names)),
+    ("method.name", registered(method_names)),
     ("data.backend", _registry_choices("data.backend")),
     ("data.num_workers", NON_NEGATIVE),
     ("data.global_size", POSITIVE),
     ("data.local_size", POSITIVE),
     ("data.n_local", NON_NEGATIVE),
-    ("data.global_scale", _open_pair(0, 1)),
-    ("data.local_scale", _open_pair(0, 1)),
-    ("data.augmentations", _one_of(AUGMENTATION_MODES)),
+    ("data.global_scale", open_pair(0, 1)),
+    ("data.local_scale", open_pair(0, 1)),
+    ("data.augmentations", one_of(AUGMENTATION_MODES)),
     ("model.patch_size", POSITIVE),
     ("model.embed_dim", POSITIVE),
     ("model.depth", POSITIVE),
     ("model.num_heads", POSITIVE),
-    ("model.drop_path", _within(0, 1, high_open=True)),
+    ("model.drop_path", within(0, 1, high_open=True)),
     ("model.layerscale", NON_NEGATIVE),
     ("model.num_registers", NON_NEGATIVE),
-    ("model.attention", _one_of(("sdpa", "math"))),
+    ("model.attention", one_of(("sdpa", "math"))),
     ("method.head_out_dim", POSITIVE),
     ("method.head_hidden_dim", POSITIVE),
     ("method.head_bottleneck_dim", POSITIVE),
-    ("method.student_temp", _gt(0)),
-    ("method.teacher_temp", _gt(0)),
-    ("method.warmup_teacher_temp", _gt(0)),
+    ("method.student_temp", gt(0)),
+    ("method.teacher_temp", gt(0)),
+    ("method.warmup_teacher_temp", gt(0)),
     ("method.warmup_teacher_temp_steps", NON_NEGATIVE),
     ("method.dino_weight", NON_NEGATIVE),
     ("method.ibot_weight", NON_NEGATIVE),
     ("method.koleo_weight", NON_NEGATIVE),
     ("method.mask_prob", PROBABILITY),
-    ("method.mask_ratio", _pair(0, 1)),
-    ("method.center_momentum", _within(0, 1, high_open=True)),
-    ("method.centering", _one_of(CENTERINGS)),
+    ("method.mask_ratio", pair(0, 1)),
+    ("method.center_momentum", within(0, 1, high_open=True)),
+    ("method.centering", one_of(CENTERINGS)),
     ("method.expander_dim", POSITIVE),
     ("method.vicreg_sim_weight", NON_NEGATIVE),
     ("method.vicreg_var_weight", NON_NEGATIVE),
     ("method.vicreg_cov_weight", NON_NEGATIVE),
     ("method.projector_dim", POSITIVE),
     ("method.projector_hidden_dim", POSITIVE),
-    ("method.simclr_temperature", _gt(0)),
+    ("method.simclr_temperature", gt(0)),
     ("recon.lambda", NON_NEGATIVE),
     ("recon.k", POSITIVE),
-    ("recon.transform", _one_of(TRANSFORMS)),
+    ("recon.transform", one_of(TRANSFORMS)),
     ("recon.d_equi", POSITIVE),
     ("recon.decoder_channels", POSITIVE),
-    ("recon.decoder_resize", _one_of(("after_conv", "before_conv"))),
+    ("recon.decoder_resize", one_of(("after_conv", "before_conv"))),
     ("recon.decoder_kernel", ((lambda v: v >= 1 and v % 2 == 1), "an odd integer >= 1")),
     ("recon.log_images_every", NON_NEGATIVE),
-    ("split.d_patch", _ge(2)),
+    ("split.d_patch", ge(2)),
     ("train.max_steps", POSITIVE),
     ("train.batch_size", POSITIVE),
-    ("train.strategy", _one_of(("single", "ddp", "fsdp2", "deepspeed"))),
-    ("train.zero_stage", _one_of((1, 2, 3))),
+    ("train.strategy", one_of(("single", "ddp", "fsdp2", "deepspeed"))),
+    ("train.zero_stage", one_of((1, 2, 3))),
     ("train.compile_backend", (lambda v: bool(v.strip()), "a torch.compile backend name")),
-    ("train.precision", _one_of(("fp32", "bf16"))),
-    ("train.base_lr", _gt(0)),
-    ("train.lr_scaling", _one_of(LR_SCALING_RULES)),
+    ("train.precision", one_of(("fp32", "bf16"))),
+    ("train.base_lr", gt(0)),
+    ("train.lr_scaling", one_of(LR_SCALING_RULES)),
     ("train.layerwise_decay", UNIT),
     ("train.patch_embed_lr_mult", NON_NEGATIVE),
     ("train.freeze_last_layer_steps", NON_NEGATIVE),
@@ -680,45 +758,22 @@ VALUE_CHECKS: tuple[tuple[str, Rule], ...] = (
     ("checkpoint.keep", POSITIVE),
     ("checkpoint.keep_every", NON_NEGATIVE),
     ("tracking.experiment", (lambda v: bool(v.strip()), "a non-empty experiment name")),
-    ("eval.tasks", (_task_list, f"a comma-separated list of {list(EVAL_TASKS)}, or all")),
+    ("eval.tasks", (_task_list, lambda: f"a comma-separated list of {task_names()}, or all")),
     ("eval.img_size", POSITIVE),
-    ("eval.pooling", _one_of(POOLINGS)),
+    ("eval.pooling", one_of(POOLINGS)),
     ("eval.batch_size", POSITIVE),
     ("eval.feature_layers", POSITIVE),
-    ("eval.equivariance_transforms", _name_list(TRANSFORMS)),
-    ("eval.equivariance_features", _one_of(EQUIVARIANCE_FEATURES)),
-    ("eval.equivariance_grid", NON_NEGATIVE),
-    ("eval.equivariance_view", _one_of(EQUIVARIANCE_VIEWS)),
-    ("eval.r2_repeats", POSITIVE),
-    ("eval.max_train_images", POSITIVE),
-    ("eval.max_test_images", POSITIVE),
-    ("eval.r2_views", POSITIVE),
-    ("eval.r2_epochs", POSITIVE),
-    ("eval.r2_hidden", POSITIVE),
     ("eval.labelled_train_images", NON_NEGATIVE),
     ("eval.labelled_test_images", NON_NEGATIVE),
-    ("eval.knn_k", POSITIVE),
-    ("eval.linear_lrs", (_float_list, "a comma-separated list of learning rates > 0")),
-    ("eval.linear_epochs", POSITIVE),
-    ("eval.linear_val_fraction", _within(0, 1, low_open=True, high_open=True)),
-    ("eval.homography_train_images", POSITIVE),
-    ("eval.homography_test_images", POSITIVE),
-    ("eval.homography_views", POSITIVE),
-    ("eval.homography_rho", _within(0, 0.5, low_open=True, high_open=True)),
-    ("eval.homography_epochs", POSITIVE),
-    ("eval.homography_channels", POSITIVE),
-    ("eval.homography_lr", _gt(0)),
-    ("eval.segmentation_train_images", NON_NEGATIVE),
-    ("eval.segmentation_test_images", NON_NEGATIVE),
-    ("eval.segmentation_epochs", POSITIVE),
-    ("eval.segmentation_lr", _gt(0)),
-    ("eval.depth_train_images", NON_NEGATIVE),
-    ("eval.depth_test_images", NON_NEGATIVE),
-    ("eval.depth_epochs", POSITIVE),
-    ("eval.depth_lr", _gt(0)),
-    ("eval.watch_poll_seconds", _gt(0)),
+    ("eval.watch_poll_seconds", gt(0)),
     ("eval.watch_timeout_min", POSITIVE),
 )
+
+
+def value_checks() -> list[tuple[str, Rule]]:
+    """Every (key, rule) row: VALUE_CHECKS, then each eval task's (`eval.<task>.<key>`)."""
+    return [*VALUE_CHECKS, *(row for spec in task_specs() for row in spec.value_checks())]
+
 
 # The patch size of an arch whose name does not say it (`model.patch_size` null).
 _ARCH_PATCH = {"vit_tiny": 16}
@@ -741,7 +796,7 @@ def _bad(key: str, value: Any, expected: str) -> ConfigError:
 def validate(cfg: Config) -> None:
     """Value checks (VALUE_CHECKS), then cross-field checks; errors name the key and the value."""
     values = flat_dict(cfg)
-    for key, (test, expected) in VALUE_CHECKS:
+    for key, (test, expected) in value_checks():
         value = values[key]
         if value is not None and not test(value):
             raise _bad(key, value, expected() if callable(expected) else expected)
@@ -775,13 +830,16 @@ def validate(cfg: Config) -> None:
 
 def to_dict(cfg: Config) -> dict[str, Any]:
     """Nested plain dict with config-key names (`recon.lambda`, lists for tuples)."""
+    return _section_dict(cfg)
+
+
+def _section_dict(section: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for section in dataclasses.fields(cfg):
-        values = {}
-        for f in dataclasses.fields(getattr(cfg, section.name)):
-            v = getattr(getattr(cfg, section.name), f.name)
-            values[_REVERSE_ALIASES.get(f.name, f.name)] = list(v) if isinstance(v, tuple) else v
-        out[section.name] = values
+    for f in dataclasses.fields(section):
+        v = getattr(section, f.name)
+        if dataclasses.is_dataclass(v):  # a section (Config's, eval's task sections)
+            v = _section_dict(v)
+        out[_REVERSE_ALIASES.get(f.name, f.name)] = list(v) if isinstance(v, tuple) else v
     return out
 
 

@@ -20,7 +20,14 @@ from typing import Any
 
 import yaml
 
-from equirecon.config import Config, ConfigError, flat_dict, flatten, load_config
+from equirecon.config import (
+    Config,
+    ConfigError,
+    flat_dict,
+    flatten,
+    load_config,
+    rename_moved_keys,
+)
 from equirecon.errors import ResumeConfigError
 
 # Keys a resumed run may change. A prefix ends with ".".
@@ -51,11 +58,12 @@ def is_allowed_on_resume(key: str) -> bool:
 
 
 def load_saved_config(path: str | Path) -> dict[str, Any]:
-    """The flat resolved config saved at `path` (older saves get today's meaning of new keys)."""
+    """The flat resolved config saved at `path` (older saves get today's meaning of new keys,
+    and today's names of moved keys)."""
     try:
         return flat_dict(load_config(path))
     except ConfigError:  # a value today's checks reject: compare what was written
-        return flatten(yaml.safe_load(Path(path).read_text()) or {})
+        return rename_moved_keys(flatten(yaml.safe_load(Path(path).read_text()) or {}), None)
 
 
 def config_changes(
@@ -64,7 +72,9 @@ def config_changes(
     saved_world_size: int | None = None,
     world_size: int | None = None,
 ) -> tuple[dict[str, tuple[Any, Any]], dict[str, tuple[Any, Any]]]:
-    """(refused, allowed) changes: key -> (saved value, new value)."""
+    """(refused, allowed) changes: key -> (saved value, new value). `saved` may spell moved keys
+    by their old names (`equirecon.config.MOVED_KEYS`): they compare with their new names."""
+    saved = rename_moved_keys(saved, None)
     now = flat_dict(new)
     refused: dict[str, tuple[Any, Any]] = {}
     allowed: dict[str, tuple[Any, Any]] = {}

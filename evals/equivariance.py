@@ -88,7 +88,7 @@ class ProbeView:
     def __init__(self, transform: EquiTransform, view: str, size: int) -> None:
         if view not in EQUIVARIANCE_VIEWS:
             raise ValueError(
-                f"unknown eval.equivariance_view {view!r}; choose one of {list(EQUIVARIANCE_VIEWS)}"
+                f"unknown eval.equivariance.view {view!r}; choose one of {list(EQUIVARIANCE_VIEWS)}"
             )
         self.transform, self.view, self.size = transform, view, int(size)
 

@@ -60,7 +60,7 @@ class FeatureProvider:
         paper's/SIE's protocol), "grid" (`grid_features`) or "equi" (`equi_features`)."""
         if kind not in EQUIVARIANCE_FEATURES:
             raise ValueError(
-                f"unknown eval.equivariance_features {kind!r}; "
+                f"unknown eval.equivariance.features {kind!r}; "
                 f"choose one of {list(EQUIVARIANCE_FEATURES)}"
             )
         if kind == "global":
@@ -130,7 +130,7 @@ class BackboneFeatures(FeatureProvider):
     def equi_features(self, images: Tensor) -> Tensor:
         if self.split_head is None:
             raise ValueError(
-                "eval.equivariance_features=equi needs a split head (a run with recon.enabled)"
+                "eval.equivariance.features=equi needs a split head (a run with recon.enabled)"
             )
         z_equi = self.split_head(self.backbone(images))[1]  # (B, P + N, d_equi)
         cls, patch_mean = z_equi[:, 0], z_equi[:, self.num_prefix_tokens :].mean(dim=1)

@@ -1,4 +1,5 @@
-"""The eval result files of a run directory (no torch: the watcher and reports import this).
+"""The eval result files of a run directory (no torch: the watcher and reports import this):
+reading them back, and making and writing one evaluation's record.
 
 `RUN_DIR/evals/step_XXXXXXXX.json` holds one checkpoint's evaluation (`metrics` named as in
 DESIGN §5); `RUN_DIR/evals/floor_<name>.json` a floor's (raw pixels, random-init ViT). Their
@@ -7,11 +8,12 @@ paths are those of `equirecon.rundir` (the run-directory layout).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
-from equirecon.rundir import EVALS_DIR, STEP_FILE_RE
+from equirecon.rundir import EVALS_DIR, STEP_FILE_RE, write_json_atomic
 
 
 def read_step_results(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -29,3 +31,33 @@ def read_step_results(run_dir: str | Path) -> list[dict[str, Any]]:
         result.setdefault("step", int(match.group(1)))
         results.append(result)
     return sorted(results, key=lambda r: int(r["step"]))
+
+
+def make_result(
+    source: dict[str, Any],
+    provider: str,
+    tasks: list[str],
+    data: str,
+    outcome: dict[str, Any],
+    seconds: float,
+    eval_settings: Any,
+) -> dict[str, Any]:
+    """One evaluation's record: what was evaluated (`source`: checkpoint or export, step), by
+    which provider, on which tasks and data, the outcome of `evals.dispatch.run_tasks`, the
+    wall time, and the eval settings used (`EvalConfig`, task sections nested)."""
+    return {
+        **source,
+        "provider": provider,
+        "tasks": tasks,
+        "data": str(data),
+        **outcome,
+        "seconds": round(seconds, 2),
+        "eval": dataclasses.asdict(eval_settings),
+    }
+
+
+def write_result(result: dict[str, Any], out: str | Path) -> dict[str, Any]:
+    """Write `result` to `out` atomically; returns it with `path` set."""
+    write_json_atomic(out, result)
+    result["path"] = str(out)
+    return result

@@ -13,7 +13,15 @@ from typing import Any
 
 import yaml
 
-from equirecon.config import Config, EvalConfig, load_config
+from equirecon.config import (
+    Config,
+    EvalConfig,
+    flatten,
+    get_value,
+    load_config,
+    rename_moved_keys,
+    set_value,
+)
 from equirecon.errors import CheckpointError, MissingPathError
 from pretrain.checkpoint import Checkpointer, latest_checkpoint, select_checkpoint
 from pretrain.checkpoint_integrity import verify_checkpoint
@@ -22,29 +30,31 @@ from pretrain.models.heads import SplitHead
 
 log = logging.getLogger("equirecon.eval")  # the logger these messages have always gone to
 
-# eval.* values that were the defaults before the five task families existed. A checkpoint
-# config written then (its eval section has no `seed` key) gets today's default where it still
-# holds the old one, so old runs are evaluated with today's protocol.
+# eval.* values that were the defaults before the five task families existed (keys by today's
+# names). A checkpoint config written then (its eval section has no `seed` key) gets today's
+# default where it still holds the old one, so old runs are evaluated with today's protocol.
 _LEGACY_EVAL_DEFAULTS: dict[str, Any] = {
-    "tasks": "equivariance,knn",
-    "equivariance_transforms": "rotation",
-    "max_train_images": 2000,
-    "max_test_images": 800,
-    "r2_epochs": 30,
+    "eval.tasks": "equivariance,knn",
+    "eval.equivariance.transforms": "rotation",
+    "eval.equivariance.train_images": 2000,
+    "eval.equivariance.test_images": 800,
+    "eval.equivariance.epochs": 30,
 }
 
 
 def upgrade_legacy_eval(raw_eval: dict[str, Any], eval_cfg: EvalConfig) -> list[str]:
     """Replace pre-harness eval defaults in `eval_cfg` (see `_LEGACY_EVAL_DEFAULTS`); returns the
-    keys changed. `raw_eval` is the eval section as written in the config file."""
+    keys changed (below `eval.`). `raw_eval` is the eval section as written in the config file
+    (keys by their old names or today's)."""
     if "seed" in raw_eval:
         return []
-    today = EvalConfig()
+    raw = rename_moved_keys(flatten({"eval": raw_eval}), None)
+    today, upgraded = Config(), Config(eval=eval_cfg)
     changed = []
     for key, old in _LEGACY_EVAL_DEFAULTS.items():
-        if raw_eval.get(key) == old and getattr(today, key) != old:
-            setattr(eval_cfg, key, getattr(today, key))
-            changed.append(key)
+        if raw.get(key) == old and get_value(today, key) != old:
+            set_value(upgraded, key, get_value(today, key))
+            changed.append(key.removeprefix("eval."))
     return changed
 
 

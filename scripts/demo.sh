@@ -41,9 +41,9 @@ for k in ("train/loss_total", "train/loss_ssl", "train/loss_recon"):
     if k in last:
         print(f"{k:<34} {first.get(k, float('nan')):>11.4f} {last[k]:>11.4f}")
 print(f"{'train/img_per_s (last step)':<34} {'':>11} {last['train/img_per_s']:>11.1f}")
-probe = result.get("eval", {})
-print(f"\nequivariance R² ({probe.get('equivariance_view', '?')} view: no zero fill visible; "
-      f"features {probe.get('equivariance_features', '?')}), beside its floors:")
+probe = result.get("eval", {}).get("equivariance", {})
+print(f"\nequivariance R² ({probe.get('view', '?')} view: no zero fill visible; "
+      f"features {probe.get('features', '?')}), beside its floors:")
 print(f"{'metric':<34} {'model':>11} {'pixels':>11} {'random ViT':>11}")
 for k, v in metrics.items():
     if k.startswith("eval/equivariance/"):

@@ -28,9 +28,9 @@ TINY_OVERRIDES = [
     "recon.decoder_channels=16",
     "train.batch_size=8",
     "train.warmup_steps=2",
-    "eval.max_train_images=128",
-    "eval.max_test_images=64",
-    "eval.r2_epochs=3",
+    "eval.equivariance.train_images=128",
+    "eval.equivariance.test_images=64",
+    "eval.equivariance.epochs=3",
 ]
 
 

@@ -90,7 +90,7 @@ def test_per_rank_batch_may_follow_the_world_size(saved: dict) -> None:
 
 
 def test_allowed_set_is_explicit() -> None:
-    assert is_allowed_on_resume("eval.knn_k") and is_allowed_on_resume("train.max_steps")
+    assert is_allowed_on_resume("eval.knn.k") and is_allowed_on_resume("train.max_steps")
     assert not is_allowed_on_resume("train.max_steps_extra")
     assert not is_allowed_on_resume("train.weight_decay") and not is_allowed_on_resume("model.arch")
     assert all(a.endswith(".") or a.count(".") == 1 for a in ALLOWED_ON_RESUME)

@@ -7,18 +7,18 @@ import pytest
 
 import data_pipeline.backends  # noqa: F401  (hands data.backend's names to the config checks)
 from equirecon.config import (
-    EQUIVARIANCE_FEATURES,
-    EQUIVARIANCE_VIEWS,
-    EVAL_TASKS,
     POOLINGS,
     TRANSFORMS,
-    VALUE_CHECKS,
     ConfigError,
     load_config,
+    value_checks,
 )
 from equirecon.errors import UserError
+from equirecon.eval_tasks import task_names
+from equirecon.eval_tasks.equivariance import EQUIVARIANCE_FEATURES, EQUIVARIANCE_VIEWS
 
-# One meaningless value per checked key (the override text, parsed as YAML).
+# One meaningless value per checked key (the override text, parsed as YAML); the keys of the
+# eval task sections (`eval.<task>.*`, checked by their specs in equirecon/eval_tasks) too.
 BAD_VALUES = {
     "method.name": "byol",
     "data.backend": "pil",
@@ -96,37 +96,37 @@ BAD_VALUES = {
     "eval.pooling": "max",
     "eval.batch_size": "0",
     "eval.feature_layers": "0",
-    "eval.equivariance_transforms": "rotation,shear",
-    "eval.equivariance_features": "patch",
-    "eval.equivariance_grid": "-1",
-    "eval.equivariance_view": "crop",
-    "eval.r2_repeats": "0",
-    "eval.max_train_images": "0",
-    "eval.max_test_images": "0",
-    "eval.r2_views": "0",
-    "eval.r2_epochs": "0",
-    "eval.r2_hidden": "0",
     "eval.labelled_train_images": "-1",
     "eval.labelled_test_images": "-1",
-    "eval.knn_k": "0",
-    "eval.linear_lrs": "0.1,fast",
-    "eval.linear_epochs": "0",
-    "eval.linear_val_fraction": "1.0",
-    "eval.homography_train_images": "0",
-    "eval.homography_test_images": "0",
-    "eval.homography_views": "0",
-    "eval.homography_rho": "0.6",
-    "eval.homography_epochs": "0",
-    "eval.homography_channels": "0",
-    "eval.homography_lr": "0",
-    "eval.segmentation_train_images": "-1",
-    "eval.segmentation_test_images": "-1",
-    "eval.segmentation_epochs": "0",
-    "eval.segmentation_lr": "0",
-    "eval.depth_train_images": "-1",
-    "eval.depth_test_images": "-1",
-    "eval.depth_epochs": "0",
-    "eval.depth_lr": "0",
+    "eval.equivariance.transforms": "rotation,shear",
+    "eval.equivariance.features": "patch",
+    "eval.equivariance.grid": "-1",
+    "eval.equivariance.view": "crop",
+    "eval.equivariance.repeats": "0",
+    "eval.equivariance.train_images": "0",
+    "eval.equivariance.test_images": "0",
+    "eval.equivariance.views_per_image": "0",
+    "eval.equivariance.epochs": "0",
+    "eval.equivariance.hidden": "0",
+    "eval.knn.k": "0",
+    "eval.linear.lrs": "0.1,fast",
+    "eval.linear.epochs": "0",
+    "eval.linear.val_fraction": "1.0",
+    "eval.homography.train_images": "0",
+    "eval.homography.test_images": "0",
+    "eval.homography.views": "0",
+    "eval.homography.rho": "0.6",
+    "eval.homography.epochs": "0",
+    "eval.homography.channels": "0",
+    "eval.homography.lr": "0",
+    "eval.segmentation.train_images": "-1",
+    "eval.segmentation.test_images": "-1",
+    "eval.segmentation.epochs": "0",
+    "eval.segmentation.lr": "0",
+    "eval.depth.train_images": "-1",
+    "eval.depth.test_images": "-1",
+    "eval.depth.epochs": "0",
+    "eval.depth.lr": "0",
     "eval.watch_poll_seconds": "0",
     "eval.watch_timeout_min": "0",
 }
@@ -143,7 +143,7 @@ CROSS_FIELD = [
 
 
 def test_every_checked_key_has_a_bad_value_here() -> None:
-    assert set(BAD_VALUES) == {key for key, _ in VALUE_CHECKS}
+    assert set(BAD_VALUES) == {key for key, _ in value_checks()}
 
 
 @pytest.mark.parametrize(("key", "bad"), sorted(BAD_VALUES.items()))
@@ -173,10 +173,11 @@ def test_limits_themselves_are_valid() -> None:
 
 def test_choice_lists_match_their_registries() -> None:
     from data_pipeline.transforms import list_transforms
-    from evals import equivariance, features, run
+    from evals import equivariance, features
+    from evals.tasks import registered_tasks
 
     assert sorted(TRANSFORMS) == list_transforms()
     assert POOLINGS == features.POOLINGS
     assert EQUIVARIANCE_FEATURES == features.EQUIVARIANCE_FEATURES
     assert EQUIVARIANCE_VIEWS == equivariance.EQUIVARIANCE_VIEWS
-    assert EVAL_TASKS == tuple(run.TASKS)
+    assert sorted(task_names()) == registered_tasks()

@@ -30,25 +30,25 @@ METRICS = {f"eval/equivariance/{t}_r2" for t in TRANSFORMS} | {
 }
 TINY_EVAL = [
     "eval.tasks=all",
-    "eval.equivariance_transforms=" + ",".join(TRANSFORMS),
-    "eval.max_train_images=32",
-    "eval.max_test_images=16",
-    "eval.r2_epochs=2",
-    "eval.r2_hidden=32",
+    "eval.equivariance.transforms=" + ",".join(TRANSFORMS),
+    "eval.equivariance.train_images=32",
+    "eval.equivariance.test_images=16",
+    "eval.equivariance.epochs=2",
+    "eval.equivariance.hidden=32",
     "eval.labelled_train_images=100",
     "eval.labelled_test_images=50",
-    "eval.linear_epochs=5",
-    "eval.homography_train_images=24",
-    "eval.homography_test_images=12",
-    "eval.homography_views=2",
-    "eval.homography_epochs=2",
-    "eval.homography_channels=8",
-    "eval.segmentation_train_images=20",
-    "eval.segmentation_test_images=10",
-    "eval.segmentation_epochs=2",
-    "eval.depth_train_images=12",
-    "eval.depth_test_images=8",
-    "eval.depth_epochs=2",
+    "eval.linear.epochs=5",
+    "eval.homography.train_images=24",
+    "eval.homography.test_images=12",
+    "eval.homography.views=2",
+    "eval.homography.epochs=2",
+    "eval.homography.channels=8",
+    "eval.segmentation.train_images=20",
+    "eval.segmentation.test_images=10",
+    "eval.segmentation.epochs=2",
+    "eval.depth.train_images=12",
+    "eval.depth.test_images=8",
+    "eval.depth.epochs=2",
     "eval.batch_size=64",
 ]
 
@@ -84,7 +84,9 @@ def test_watch_then_checkpoint_export_and_floors(
     ckpt = run_dir / "checkpoints" / "step_00000002"
     on_ckpt = evaluate_checkpoint(ckpt, out=tmp_path / "ckpt.json", log_mlflow=False)
     check_metrics(on_ckpt["metrics"])
-    assert on_ckpt["eval"]["max_train_images"] == 32  # the run's eval settings were used
+    assert (
+        on_ckpt["eval"]["equivariance"]["train_images"] == 32
+    )  # the run's eval settings were used
 
     export = export_checkpoint(ckpt, tmp_path / "export")
     settings = run_dir / "config.yaml"  # an export has no training config: pass the settings

@@ -19,19 +19,19 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
-    "eval.max_train_images=8",
-    "eval.max_test_images=4",
-    "eval.equivariance_transforms=rotation",
-    "eval.r2_epochs=1",
-    "eval.r2_hidden=16",
-    "eval.linear_epochs=3",
-    "eval.homography_train_images=8",
-    "eval.homography_test_images=4",
-    "eval.homography_views=1",
-    "eval.homography_epochs=1",
-    "eval.homography_channels=4",
-    "eval.segmentation_epochs=3",
-    "eval.depth_epochs=3",
+    "eval.equivariance.train_images=8",
+    "eval.equivariance.test_images=4",
+    "eval.equivariance.transforms=rotation",
+    "eval.equivariance.epochs=1",
+    "eval.equivariance.hidden=16",
+    "eval.linear.epochs=3",
+    "eval.homography.train_images=8",
+    "eval.homography.test_images=4",
+    "eval.homography.views=1",
+    "eval.homography.epochs=1",
+    "eval.homography.channels=4",
+    "eval.segmentation.epochs=3",
+    "eval.depth.epochs=3",
     "eval.batch_size=16",
 ]
 
@@ -92,7 +92,7 @@ def test_convert_every_layout_and_evaluate_a_checkpoint(
         out = tmp_path / f"{name}.json"
         config = str(REPO / "configs" / "eval" / f"{name}.yaml")
         argv = ["eval", "--checkpoint", str(ckpt), "--data", str(data), "--config", config]
-        assert main([*argv, "--out", str(out), *small, "eval.depth_epochs=2"]) == 0
+        assert main([*argv, "--out", str(out), *small, "eval.depth.epochs=2"]) == 0
         assert set(json.loads(out.read_text())["metrics"]) == expected
 
     # Pascal VOC in its own root, with the ADE20K protocol file: 21 classes from the manifest.
@@ -101,7 +101,7 @@ def test_convert_every_layout_and_evaluate_a_checkpoint(
     out = tmp_path / "voc.json"
     config = str(REPO / "configs" / "eval" / "ade20k_linear.yaml")
     argv = ["eval", "--checkpoint", str(ckpt), "--data", str(voc), "--config", config]
-    assert main([*argv, "--out", str(out), *small, "eval.segmentation_epochs=2"]) == 0
+    assert main([*argv, "--out", str(out), *small, "eval.segmentation.epochs=2"]) == 0
     voc_result = json.loads(out.read_text())
     assert set(voc_result["metrics"]) == {"eval/segmentation/miou"}
     assert len(voc_result["details"]["segmentation"]["iou_per_class"]) == 21

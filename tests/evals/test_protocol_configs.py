@@ -46,13 +46,13 @@ def test_protocol_config_loads_and_validates(name: str) -> None:
     assert e.img_size == img_size
     assert e.feature_layers >= 1
     if name == "imagenet_linear":
-        assert [float(v) for v in e.linear_lrs.split(",")] == DINOV2_LINEAR_LRS
-        assert (e.linear_epochs, e.knn_k, e.feature_layers) == (10, 20, 4)
+        assert [float(v) for v in e.linear.lrs.split(",")] == DINOV2_LINEAR_LRS
+        assert (e.linear.epochs, e.knn.k, e.feature_layers) == (10, 20, 4)
         assert e.labelled_train_images == e.labelled_test_images == 0  # the whole dataset
     if name == "ade20k_linear":
-        assert e.segmentation_train_images == 0 and e.segmentation_epochs == 32
+        assert e.segmentation.train_images == 0 and e.segmentation.epochs == 32
     if name == "nyu_depth_linear":
-        assert e.depth_train_images == e.depth_test_images == 0 and e.depth_epochs == 25
+        assert e.depth.train_images == e.depth.test_images == 0 and e.depth.epochs == 25
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

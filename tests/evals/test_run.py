@@ -10,8 +10,9 @@ from torch import Tensor
 
 from equirecon.cli import build_parser, main
 from equirecon.config import EvalConfig, load_config, save_config
+from equirecon.eval_tasks import task_names
 from evals.providers import PixelFeatures
-from evals.run import TASKS, _apply_eval_settings, checkpoint_config, parse_tasks, run_tasks
+from evals.run import _apply_eval_settings, checkpoint_config, parse_tasks, run_tasks
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,7 +21,7 @@ def test_parse_tasks() -> None:
     assert parse_tasks("", "knn,linear") == ["knn", "linear"]
     assert (
         parse_tasks("all", "knn")
-        == list(TASKS)
+        == task_names()
         == [
             "equivariance",
             "knn",
@@ -37,8 +38,8 @@ def test_parse_tasks() -> None:
 
 def test_demo_config_runs_all_six_families() -> None:
     cfg = load_config(REPO / "configs" / "demo_cpu.yaml")
-    assert parse_tasks(None, cfg.eval.tasks) == list(TASKS)
-    assert cfg.eval.equivariance_transforms.split(",") == [
+    assert parse_tasks(None, cfg.eval.tasks) == task_names()
+    assert cfg.eval.equivariance.transforms.split(",") == [
         "rotation",
         "translation",
         "se2",
@@ -65,8 +66,11 @@ def test_legacy_checkpoint_config_gets_todays_protocol(tmp_path: Path) -> None:
     (ckpt / "config.yaml").write_text(yaml.safe_dump({"eval": old_eval}))
     e = checkpoint_config(ckpt).eval
     today = EvalConfig()
-    assert (e.tasks, e.equivariance_transforms) == (today.tasks, today.equivariance_transforms)
-    assert (e.max_train_images, e.r2_epochs) == (today.max_train_images, 7)
+    assert (e.tasks, e.equivariance.transforms) == (today.tasks, today.equivariance.transforms)
+    assert (e.equivariance.train_images, e.equivariance.epochs) == (
+        today.equivariance.train_images,
+        7,
+    )
     # A config written today keeps what it says, old default values included.
     cfg = load_config(None, ["eval.tasks=equivariance,knn"])
     save_config(cfg, ckpt / "config.yaml")
@@ -75,9 +79,9 @@ def test_legacy_checkpoint_config_gets_todays_protocol(tmp_path: Path) -> None:
 
 def test_eval_settings_precedence(tmp_path: Path) -> None:
     settings = tmp_path / "settings.yaml"
-    settings.write_text("eval:\n  knn_k: 5\n  linear_epochs: 3\n")
-    e = _apply_eval_settings(EvalConfig(), settings, ["eval.knn_k=7"])
-    assert (e.knn_k, e.linear_epochs) == (7, 3)
+    settings.write_text("eval:\n  knn:\n    k: 5\n  linear:\n    epochs: 3\n")
+    e = _apply_eval_settings(EvalConfig(), settings, ["eval.knn.k=7"])
+    assert (e.knn.k, e.linear.epochs) == (7, 3)
     with pytest.raises(ValueError, match="only eval"):
         _apply_eval_settings(EvalConfig(), None, ["model.depth=2"])
 
@@ -86,8 +90,8 @@ def test_cli_routes_eval_watch_and_needs_data_for_exports(tmp_path: Path) -> Non
     parser = build_parser()
     args = parser.parse_args(["eval-watch", "RUN", "--executor", "slurm", "--once"])
     assert (args.run_dir, args.executor, args.once) == ("RUN", "slurm", True)
-    args = parser.parse_args(["eval", "--checkpoint", "C", "--floor", "pixels", "eval.knn_k=3"])
-    assert (args.floor, args.overrides) == ("pixels", ["eval.knn_k=3"])
+    args = parser.parse_args(["eval", "--checkpoint", "C", "--floor", "pixels", "eval.knn.k=3"])
+    assert (args.floor, args.overrides) == ("pixels", ["eval.knn.k=3"])
     with pytest.raises(SystemExit, match="--data"):
         main(["eval", "--export", str(tmp_path)])
     with pytest.raises(SystemExit):
@@ -122,20 +126,20 @@ def test_equivariance_task_reads_the_configured_features(
     demo_data: Path, features: str, grid: int, width: int
 ) -> None:
     defaults = EvalConfig()
-    assert (defaults.equivariance_features, defaults.equivariance_grid) == ("global", 2)
-    assert defaults.equivariance_view == "context"
+    assert (defaults.equivariance.features, defaults.equivariance.grid) == ("global", 2)
+    assert defaults.equivariance.view == "context"
     e = _apply_eval_settings(
         EvalConfig(),
         None,
         [
-            "eval.equivariance_transforms=rotation",
-            f"eval.equivariance_features={features}",
-            f"eval.equivariance_grid={grid}",
-            "eval.max_train_images=16",
-            "eval.max_test_images=8",
-            "eval.r2_views=1",
-            "eval.r2_epochs=1",
-            "eval.r2_hidden=8",
+            "eval.equivariance.transforms=rotation",
+            f"eval.equivariance.features={features}",
+            f"eval.equivariance.grid={grid}",
+            "eval.equivariance.train_images=16",
+            "eval.equivariance.test_images=8",
+            "eval.equivariance.views_per_image=1",
+            "eval.equivariance.epochs=1",
+            "eval.equivariance.hidden=8",
         ],
     )
     spy = _SpyPixels()
@@ -150,7 +154,7 @@ def test_equivariance_task_reads_the_configured_features(
 def test_equi_features_read_the_checkpoints_split_head(
     tmp_path: Path, demo_data: Path, tracking_uri: str, recon: bool
 ) -> None:
-    """`eval.equivariance_features=equi` reads z_equi of the teacher's split head (recon on) and
+    """`eval.equivariance.features=equi` reads z_equi of the teacher's split head (recon on) and
     refuses clearly without one; the random floor gets a fresh split head of the same shape."""
     import torch
 
