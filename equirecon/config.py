@@ -214,8 +214,8 @@ class TrackingConfig:
 class SharedEvalConfig:
     """The eval settings of every task: data, image side, seed, features, and the watcher.
 
-    The settings of one task are its own section `eval.<task>.*` (`eval.knn.k`), declared by the
-    task's spec in equirecon/eval_tasks/<task>.py; `EvalConfig` below holds both. The defaults
+    The settings of one task are its own section `eval.<task>.*`, declared by the task's spec in
+    equirecon/eval_tasks/<task>.py; `EvalConfig` below holds both. The defaults
     are a quick pass sized for every checkpoint (about 2 minutes for all task families on the
     CPU demo model); raise the image counts and epochs for final numbers.
     """

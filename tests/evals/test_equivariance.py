@@ -286,7 +286,7 @@ def test_view_checks_the_source_size_and_name() -> None:
         equivariance_r2(
             constant, smooth_images(8, 0), smooth_images(4, 1), rotation, view="context"
         )
-    with pytest.raises(ValueError, match="equivariance_view"):
+    with pytest.raises(ValueError, match="equivariance.view"):
         ProbeView(rotation, "corners", SIZE)
     assert ProbeView(build_transform("color", SIZE), "context", SIZE).source_size == SIZE
 

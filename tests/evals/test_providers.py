@@ -106,7 +106,7 @@ def test_equivariance_fn_selects_grid_or_global(backbone: torch.nn.Module) -> No
         torch.testing.assert_close(
             provider.equivariance_fn("grid", 2)(images), provider.grid_features(images, 2)
         )
-    with pytest.raises(ValueError, match="equivariance_features"):
+    with pytest.raises(ValueError, match="equivariance.features"):
         provider.equivariance_fn("tokens")
 
 
@@ -142,7 +142,7 @@ def test_equi_features_pool_the_equi_slice_like_the_global_feature(
             torch.testing.assert_close(got, expected)
     pixels = build_provider(backbone, "pixels")
     assert torch.equal(pixels.equivariance_fn("equi")(images), pixels.global_features(images))
-    with pytest.raises(ValueError, match="equivariance_features"):
+    with pytest.raises(ValueError, match="equivariance.features"):
         pixels.equivariance_fn("tokens")
 
 
