@@ -391,7 +391,7 @@ def get_value(cfg: Config, dotted: str) -> Any:
 # Keys renamed in place: old -> new. An old key (in a file, an override, a saved run config) sets
 # the new one with a FutureWarning naming it, for one release; `RUN_DIR/config.yaml` files saved
 # before the rename load, resume (`equirecon.resume_config` compares new spellings) and evaluate
-# unchanged. The eval tasks' settings moved into one section per task (issue #15), 2027-01.
+# unchanged. The eval tasks' settings moved into one section per task (issue #15).
 MOVED_KEYS: dict[str, str] = {
     "eval.equivariance_transforms": "eval.equivariance.transforms",
     "eval.equivariance_features": "eval.equivariance.features",
