@@ -328,12 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(func=_cmd_data)
 
     from data_pipeline.backends import backend_names, get_backend
+    from pretrain.strategies import get_strategy, strategy_names
 
     backends = "\n".join(f"  {n:<9} {get_backend(n).help}".rstrip() for n in backend_names())
+    strategies = "\n".join(f"  {n:<9} {get_strategy(n).help}".rstrip() for n in strategy_names())
     pre = verbs.add_parser(
         "pretrain",
         help="pretrain (single process, torchrun or Slurm)",
-        epilog=f"{_method_help()}\n\ndata.backend (the data reader):\n{backends}",
+        epilog=f"{_method_help()}\n\ndata.backend (the data reader):\n{backends}\n\n"
+        f"train.strategy (how ranks share the work):\n{strategies}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     pre.add_argument("--config", required=True, help="YAML delta over the defaults")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,7 +163,8 @@ class SplitConfig:
 class TrainConfig:
     max_steps: int = 1000
     batch_size: int = 64  # per rank
-    strategy: str = "single"  # single | ddp | fsdp2 | deepspeed (pretrain/parallel.py)
+    # A registered strategy (pretrain/strategies): single | ddp | fsdp2 | deepspeed.
+    strategy: str = "single"
     zero_stage: int = 2  # DeepSpeed ZeRO stage 1 | 2 | 3
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     compile: bool = False  # torch.compile each transformer block
@@ -658,16 +659,25 @@ POOLINGS = ("cls", "cls+mean", "mean")
 
 
 # Keys whose valid values are the names in a registry that a higher layer owns (data backends
-# in data_pipeline): the registry hands its names to the core when it is imported
-# (`register_choices`), so the core never imports above itself. Until then (a script that
-# loads a config without that layer) the key is checked where it is used: the registry's own
-# lookup raises the same error.
+# in data_pipeline, parallel strategies in pretrain): the registry hands its names (and the
+# config checks of each name, if any) to the core when it is imported (`register_choices`), so
+# the core never imports above itself. Until then (a script that loads a config without that
+# layer) the key is checked where it is used: the registry's own lookup raises the same error.
 _CHOICES: dict[str, Callable[[], list[str]]] = {}
+# key -> the checks of a resolved config that selects a given name (`validate` runs them)
+_CHOICE_CHECKS: dict[str, Callable[[Any], Iterable[Callable[[Config], None]]]] = {}
 
 
-def register_choices(key: str, names: Callable[[], list[str]]) -> None:
-    """`key`'s valid values are `names()` from now on (called by the registry that owns them)."""
+def register_choices(
+    key: str,
+    names: Callable[[], list[str]],
+    checks: Callable[[Any], Iterable[Callable[[Config], None]]] | None = None,
+) -> None:
+    """`key`'s valid values are `names()` from now on (called by the registry that owns them);
+    `checks(value)`: the checks of a config whose `key` is `value` (each raises ConfigError)."""
     _CHOICES[key] = names
+    if checks is not None:
+        _CHOICE_CHECKS[key] = checks
 
 
 def _registry_choices(key: str) -> Rule:
@@ -736,7 +746,7 @@ VALUE_CHECKS: tuple[tuple[str, Rule], ...] = (
     ("split.d_patch", ge(2)),
     ("train.max_steps", POSITIVE),
     ("train.batch_size", POSITIVE),
-    ("train.strategy", one_of(("single", "ddp", "fsdp2", "deepspeed"))),
+    ("train.strategy", _registry_choices("train.strategy")),
     ("train.zero_stage", one_of((1, 2, 3))),
     ("train.compile_backend", (lambda v: bool(v.strip()), "a torch.compile backend name")),
     ("train.precision", one_of(("fp32", "bf16"))),
@@ -820,6 +830,9 @@ def validate(cfg: Config) -> None:
         )
     for check in spec.checks:
         check(cfg)
+    for key, checks_of in _CHOICE_CHECKS.items():
+        for check in checks_of(values[key]):
+            check(cfg)
     if cfg.recon.lam > 5:
         import warnings
 

@@ -100,16 +100,18 @@ class SlurmOptions:
 
 def prepare_config(config: str | Path | None, overrides: list[str], world_size: int):  # noqa: ANN201 - Config
     """The config a Slurm job trains with: `load_config(config, overrides)` with `run.dir` and
-    `data.path` made absolute (the job may start elsewhere), and `train.strategy=ddp` when the
-    world has several ranks and the config says `single`."""
+    `data.path` made absolute (the job may start elsewhere), and `train.strategy` replaced by
+    the strategy's `several_ranks` when the world has several ranks (single: ddp)."""
     from equirecon.config import load_config
+    from pretrain.strategies import get_strategy  # torch-free; also hands its names to validate
 
     cfg = load_config(config, overrides)
     cfg.run.dir = str(Path(cfg.run.dir).expanduser().resolve())
     if "://" not in cfg.data.path:
         cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
-    if world_size > 1 and cfg.train.strategy == "single":
-        cfg.train.strategy = "ddp"
+    several_ranks = get_strategy(cfg.train.strategy).several_ranks
+    if world_size > 1 and several_ranks:
+        cfg.train.strategy = several_ranks
     return cfg
 
 

@@ -1,14 +1,16 @@
 """The pretraining loop: one process, or one rank of a torchrun/Slurm world.
 
 The entry point that runs it (signals, the background eval watcher) is `launch.entry.pretrain`.
-The parallelization (`train.strategy`: single | ddp | fsdp2 | deepspeed) is one pass applied by
-`pretrain.parallel.build_engine`; this loop only talks to the engine it returns.
+The parallelization (`train.strategy`, a registered strategy of `pretrain/strategies/`) is one
+pass applied by `pretrain.parallel.build_engine`; this loop only talks to the engine it returns.
+The trainer's other jobs are in their own modules, mixed into `Trainer`: checkpoints and resuming
+(`pretrain.train_checkpoint`), metrics and images (`pretrain.train_logging`), skipped non-finite
+steps (`pretrain.train_nonfinite`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -19,25 +21,22 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from equirecon.config import Config, flat_dict, save_config, to_dict
-from equirecon.errors import CheckpointError
-from equirecon.resume_config import check_resume_config, format_changes, load_saved_config
+from equirecon.config import Config, flat_dict, save_config
 from equirecon.tracking import MetricsFile, Tracker, describe_tracking
-from pretrain.checkpoint import Checkpointer, read_meta, select_checkpoint_all_ranks
-from pretrain.distributed import (
-    DistInfo,
-    all_reduce_mean,
-    all_reduce_min,
-    barrier,
-    init_distributed,
-)
-from pretrain.meters import device_peak_flops, max_memory_gb, ssl_step_flops
+from pretrain.checkpoint import Checkpointer, select_checkpoint_all_ranks
+from pretrain.distributed import DistInfo, all_reduce_min, barrier, init_distributed
+from pretrain.meters import device_peak_flops, ssl_step_flops
 from pretrain.methods import build_method
 from pretrain.methods.base import SSLMethod, StepOutput
-from pretrain.parallel import build_engine, build_optimizer
+from pretrain.optimizer import build_optimizer
+from pretrain.parallel import build_engine
 from pretrain.schedules import apply_schedules, build_schedules
+from pretrain.train_checkpoint import CheckpointMixin
+from pretrain.train_logging import LoggingMixin
+from pretrain.train_nonfinite import NonFiniteMixin, loss_terms
 
-__all__ = ["Trainer", "build_optimizer", "transform_generator"]
+# build_optimizer: re-exported (its home is pretrain.optimizer)
+__all__ = ["Trainer", "build_loader", "build_optimizer", "transform_generator"]
 
 log = logging.getLogger("equirecon.pretrain")
 
@@ -50,57 +49,13 @@ def build_loader(cfg: Config, dist_info: DistInfo, patch_size: int):  # noqa: AN
     return get_backend(cfg.data.backend).build(cfg, dist_info, patch_size)
 
 
-def _loss_terms(out: StepOutput) -> dict[str, float]:
-    terms = {"loss_total": out.loss_total, "loss_ssl": out.loss_ssl, **out.terms}
-    if out.loss_recon is not None:
-        terms["loss_recon"] = out.loss_recon
-    return {k: float(v.detach()) for k, v in terms.items()}
-
-
-def batch_statistics(batch) -> dict[str, Any]:  # noqa: ANN001 - Batch
-    """Min/max/mean/std of every tensor of a batch, and masked-patch counts (for diagnostics)."""
-    stats: dict[str, Any] = {}
-    for name in ("global_crops", "local_crops"):
-        t = getattr(batch, name).detach().float()
-        if t.numel():
-            stats[name] = {
-                "shape": list(t.shape),
-                "min": float(t.min()),
-                "max": float(t.max()),
-                "mean": float(t.mean()),
-                "std": float(t.std()),
-                "finite": bool(torch.isfinite(t).all()),
-            }
-    stats["masked_patches"] = int(batch.masks.sum())
-    return stats
-
-
 def transform_generator(seed: int, step: int) -> torch.Generator:
     """The θ draw of step `step` for the whole global batch (each rank takes its slice): a pure
     function of (seed, step), so resumes and any world size see the same θ per image."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63))
 
 
-def save_recon_grid(out: StepOutput, path: Path) -> bool:
-    """PNG grid, one column per image: u, v2 = g_θ(u), then u_k and û_k for each k."""
-    if out.recon_inputs is None or not out.recon_preds:
-        return False
-    from torchvision.utils import make_grid, save_image
-
-    from data_pipeline.batch import IMAGENET_MEAN, IMAGENET_STD
-
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    rows = [out.recon_inputs, out.transformed]
-    for target, pred in zip(out.recon_targets, out.recon_preds):
-        rows += [target, pred]
-    n = rows[0].shape[0]
-    images = torch.cat([r.detach().float().cpu()[:n] for r in rows]) * std + mean
-    save_image(make_grid(images.clamp(0, 1), nrow=n, padding=2, pad_value=1.0), str(path))
-    return True
-
-
-class Trainer:
+class Trainer(CheckpointMixin, LoggingMixin, NonFiniteMixin):
     """Owns the method, optimizer, loader, checkpoints and tracking of one run."""
 
     def __init__(self, cfg: Config, dist_info: DistInfo | None = None) -> None:
@@ -157,145 +112,6 @@ class Trainer:
         )
         self.peak_flops = device_peak_flops(self.device)
 
-    def _check_resume_config(self) -> dict[str, tuple[Any, Any]]:
-        """Refuse a config that changes what the checkpoint holds; return the allowed changes."""
-        if self.resume_from is None:
-            return {}
-        saved_path = self.resume_from / "config.yaml"
-        if not saved_path.is_file():
-            saved_path = self.run_dir / "config.yaml"
-        if not saved_path.is_file():
-            return {}
-        saved_ws = read_meta(self.resume_from).get("world_size")
-        changes = check_resume_config(
-            load_saved_config(saved_path),
-            self.cfg,
-            self.run_dir,
-            saved_world_size=saved_ws,
-            world_size=self.dist.world_size,
-        )
-        if changes and self.dist.is_main:
-            log.info("resuming with changed settings (allowed):\n%s", format_changes(changes))
-        return changes
-
-    def _report_resume(self) -> None:
-        """Warn about damaged checkpoints passed over; tag the MLflow run with what happened."""
-        tags: dict[str, str] = {}
-        if self.damaged_checkpoints:
-            damaged = "; ".join(f"{d.path.name}: {d.describe()}" for d in self.damaged_checkpoints)
-            log.warning(
-                "damaged checkpoint(s) skipped: %s. Resuming from %s instead (the damaged "
-                "ones are replaced when training reaches their step again).",
-                damaged,
-                self.resume_from,
-            )
-            tags["checkpoint.damaged"] = damaged[:5000]
-        if self.resume_from is not None:
-            tags["checkpoint.resumed_from"] = self.resume_from.name
-        if self.resume_changes:
-            tags["resume.changed"] = ", ".join(
-                f"{k}: {a!r} -> {b!r}" for k, (a, b) in self.resume_changes.items()
-            )[:5000]
-        if tags and self.tracker is not None:
-            self.tracker.set_tags(tags)
-
-    def resolved_params(self) -> dict[str, Any]:
-        """Values derived from the config and the world size (logged as MLflow params)."""
-        return {
-            "resolved.global_batch": self.cfg.train.batch_size * self.dist.world_size,
-            "resolved.peak_lr": self.schedules.lr,
-            "resolved.lr_scaling": self.cfg.train.lr_scaling,
-        }
-
-    def lr_summary(self) -> str:
-        """One line: the peak lr and how it follows from train.base_lr and the global batch."""
-        tr = self.cfg.train
-        b = tr.batch_size * self.dist.world_size
-        rule = {"linear": f"·{b}/256", "sqrt_1024": f"·sqrt({b}/1024)", "none": ""}
-        return (
-            f"peak lr {self.schedules.lr:.6g} = train.base_lr {tr.base_lr:g}"
-            f"{rule.get(tr.lr_scaling, '')} (train.lr_scaling={tr.lr_scaling}, global batch {b}); "
-            f"warm-up {tr.warmup_steps} steps, prototype layer frozen for "
-            f"{tr.freeze_last_layer_steps or 0} steps"
-        )
-
-    # ---- checkpoint state -------------------------------------------------------------------
-    def _rank_state(self) -> dict[str, Any]:
-        return {"torch_rng": torch.get_rng_state(), "data": json.dumps(self.loader.state_dict())}
-
-    def _state(self, for_load: bool = False, saved_world_size: int | None = None) -> dict[str, Any]:
-        """The DCP state: model/optimizer (from the engine), per-rank RNG + data position
-        (under `rank{r}`: DCP keeps one copy per key), and the step."""
-        engine_state = self.engine.state_to_load() if for_load else self.engine.state_to_save()
-        own = self.dist.rank
-        if saved_world_size is not None and own >= saved_world_size:
-            own = 0  # resharded onto more ranks: the new ranks start from rank 0's values
-        return {
-            **engine_state,
-            f"rank{own}": self._rank_state(),
-            "trainer": {"step": torch.tensor(self.step)},
-        }
-
-    def save_checkpoint(self) -> Path:
-        meta = {
-            "world_size": self.dist.world_size,
-            "arch": self.cfg.model.arch,
-            "strategy": self.engine.name,
-        }
-        if self.tracker is not None and self.tracker.run_id:
-            meta["mlflow_run_id"] = self.tracker.run_id
-        import yaml
-
-        return self.checkpointer.save(
-            self.step,
-            self._state(),
-            yaml.safe_dump(to_dict(self.cfg), sort_keys=False),
-            meta,
-            extra_writer=self.engine.save_extra,
-        )
-
-    def maybe_resume(self) -> bool:
-        """Load the newest intact checkpoint (`checkpoints/latest` unless it is damaged) if
-        there is one. A checkpoint written by another number of
-        ranks is resharded (model, teacher and optimizer exactly; the data position restarts at
-        the next epoch and the RNG is reseeded, since they were per rank)."""
-        if self._resume_used:  # a second fit() of this Trainer: what is newest now
-            self.resume_from, _ = select_checkpoint_all_ranks(self.run_dir / "checkpoints")
-        self._resume_used = True
-        path = self.resume_from
-        if path is None:
-            return False
-        meta = read_meta(path)
-        saved_ws = int(meta.get("world_size", self.dist.world_size))
-        resharded = saved_ws != self.dist.world_size
-        if resharded and not self.engine.reshard_supported():
-            raise CheckpointError(
-                f"{path} was written by {saved_ws} ranks with train.strategy={meta.get('strategy')}; "
-                f"DeepSpeed ZeRO optimizer states resume only at the same world size (now "
-                f"{self.dist.world_size}). Resume with {saved_ws} ranks, or use ddp/fsdp2 (DCP "
-                "checkpoints reshard to any world size)."
-            )
-        if meta.get("strategy") == "deepspeed" and self.engine.name != "deepspeed":
-            raise CheckpointError(
-                f"{path} holds DeepSpeed optimizer state; resume it with train.strategy=deepspeed"
-            )
-        state = self._state(for_load=True, saved_world_size=saved_ws)
-        self.checkpointer.load(path, state)
-        self.engine.load_state(state, path)
-        own = next(v for k, v in state.items() if k.startswith("rank"))
-        self.step = int(state["trainer"]["step"])
-        if resharded:
-            torch.manual_seed(self.cfg.train.seed + 1_000 * self.dist.rank + self.step)
-        else:
-            torch.set_rng_state(own["torch_rng"])
-        self.loader.load_state_dict(json.loads(own["data"]))
-        if self.dist.is_main:
-            how = (
-                f" (resharded from {saved_ws} to {self.dist.world_size} ranks)" if resharded else ""
-            )
-            log.info("resumed from %s at step %d%s", path, self.step, how)
-        return True
-
     # ---- the loop -----------------------------------------------------------------------------
     def _apply_schedules(self, values: dict[str, float]) -> None:
         apply_schedules(self.engine.param_groups, values)
@@ -319,7 +135,7 @@ class Trainer:
         # One flag for all ranks (a skipped step must be skipped everywhere, or DDP deadlocks).
         finite = all_reduce_min(torch.isfinite(out.loss_total.detach()).float())
         if finite.item() < 1:
-            self.last_skip = {"reason": "non-finite loss", **_loss_terms(out)}
+            self.last_skip = {"reason": "non-finite loss", **loss_terms(out)}
             return out
         engine.backward(out.loss_total)
         max_norm = cfg.train.clip_grad if cfg.train.clip_grad > 0 else float("inf")
@@ -329,7 +145,7 @@ class Trainer:
             self.last_skip = {
                 "reason": "non-finite gradient",
                 "grad_norm": grad_norm,
-                **_loss_terms(out),
+                **loss_terms(out),
             }
             return out
         self.last_grad_norm = engine.step(grad_norm)
@@ -419,91 +235,3 @@ class Trainer:
         """True on every rank when `flag` is true on at least one (needs all ranks to call)."""
         value = torch.tensor([1.0 if flag else 0.0], device=self.device)
         return bool(-all_reduce_min(-value).item() > 0)
-
-    def _handle_nonfinite(self, batch) -> None:  # noqa: ANN001 - Batch
-        """Count a skipped step; after `train.max_nonfinite_steps` in a row, stop with a diagnostic."""
-        self.consecutive_skips += 1
-        self.skipped_steps += 1
-        info = {"step": self.step + 1, "consecutive": self.consecutive_skips, **self.last_skip}
-        log.warning("step %d skipped: %s", self.step + 1, json.dumps(info))
-        if self.dist.is_main:
-            skipped = {"train/nonfinite_skipped": float(self.skipped_steps)}
-            self.metrics_file.append(self.step + 1, skipped)
-            if self.tracker is not None:
-                self.tracker.log_metrics(skipped, self.step + 1)
-        if self.consecutive_skips < self.cfg.train.max_nonfinite_steps:
-            return
-        # No update was applied by the skipped steps: the current state is the last good one.
-        path = self.save_checkpoint()
-        diag = {
-            **info,
-            "batch": batch_statistics(batch),
-            "checkpoint": str(path),
-            "rank": self.dist.rank,
-        }
-        diag_path = self.run_dir / f"nonfinite_step_{self.step + 1:08d}_rank{self.dist.rank}.json"
-        diag_path.write_text(json.dumps(diag, indent=1))
-        if self.tracker is not None:
-            self.tracker.finish("FAILED")
-        raise FloatingPointError(
-            f"{self.consecutive_skips} consecutive non-finite steps (last: step {self.step + 1}, "
-            f"{self.last_skip['reason']}; terms {self.last_skip}). Diagnostic: {diag_path}; "
-            f"last good state saved in {path}"
-        )
-
-    def _log_step(
-        self,
-        out: StepOutput,
-        values: dict[str, float],
-        step_time: float,
-        t_data: float,
-        global_batch: int,
-    ) -> dict[str, float]:
-        losses = [
-            out.loss_total,
-            out.loss_ssl,
-            out.loss_recon if out.loss_recon is not None else out.loss_total * 0,
-        ]
-        losses += list(out.terms.values())
-        reduced = all_reduce_mean(torch.stack([v.detach().float() for v in losses])).tolist()
-        metrics = {
-            "train/loss_total": reduced[0],
-            "train/loss_ssl": reduced[1],
-            **({"train/loss_recon": reduced[2]} if out.loss_recon is not None else {}),
-            **{f"train/loss_{k}": v for k, v in zip(out.terms, reduced[3:])},
-            "train/lr": values["lr"],
-            "train/weight_decay": values["weight_decay"],
-            "train/momentum": values["momentum"],
-            "train/teacher_temp": values["teacher_temp"],
-            "train/img_per_s": global_batch / max(step_time, 1e-9),
-            "train/data_wait_frac": min(t_data / max(step_time, 1e-9), 1.0),
-        }
-        if self.last_grad_norm is not None:
-            metrics["train/grad_norm"] = self.last_grad_norm
-        metrics["train/max_mem_gb"] = max_memory_gb(self.device)
-        achieved = self.flops_per_image * global_batch / max(step_time, 1e-9)
-        metrics["train/tflops"] = achieved / 1e12
-        if self.peak_flops is not None:
-            metrics["train/mfu"] = achieved / (self.peak_flops * self.dist.world_size)
-        stats = getattr(self.loader, "stats", None)
-        if stats is not None:
-            skipped = stats() if callable(stats) else stats
-            if isinstance(skipped, dict) and "skipped" in skipped:
-                # samples lost (undecodable, in the damaged part of a shard ...) and shards
-                # damaged or unreadable; data/skipped is their sum, as before (deprecated)
-                metrics["data/skipped"] = float(skipped["skipped"])
-                for key in ("skipped_samples", "skipped_shards"):
-                    if key in skipped:
-                        metrics[f"data/{key}"] = float(skipped[key])
-        if self.dist.is_main:
-            self.metrics_file.append(self.step, metrics)
-            if self.tracker is not None:
-                self.tracker.log_metrics(metrics, self.step)
-        return metrics
-
-    def _log_images(self, out: StepOutput) -> None:
-        if not self.dist.is_main:
-            return
-        path = self.run_dir / "recon_grid.png"
-        if save_recon_grid(out, path) and self.tracker is not None:
-            self.tracker.log_artifact(path, artifact_path=f"recon/step_{self.step:08d}")

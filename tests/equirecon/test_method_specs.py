@@ -137,16 +137,17 @@ def test_bad_specs_are_refused(spec: MethodSpec, message: str) -> None:
 
 def test_config_and_specs_import_neither_torch_nor_pretrain() -> None:
     # The core (config, method specs) imports no layer above it; the CLI's parser (its help
-    # lists the method specs and the data backends' names) imports no torch and no layer
-    # beyond the torch-free backend registry.
+    # lists the method specs, the data backends' and the parallel strategies' names) imports no
+    # torch and no layer beyond the torch-free backend and strategy registries.
     code = (
         "import sys, equirecon.config; equirecon.config.load_config(None, ['method.name=vicreg']); "
         "core = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'pretrain', 'data_pipeline', 'evals', 'launch')); "
         "import equirecon.cli; equirecon.cli.build_parser(); "
         "cli = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('torch', 'pretrain', 'evals', 'launch') or (m.startswith('data_pipeline.') and "
-        "not m.startswith('data_pipeline.backends'))); "
+        "('torch', 'deepspeed', 'evals', 'launch') or (m.startswith('data_pipeline.') and "
+        "not m.startswith('data_pipeline.backends')) or (m.startswith('pretrain.') and "
+        "not m.startswith('pretrain.strategies'))); "
         "print(core, cli); sys.exit(1 if core or cli else 0)"
     )
     result = subprocess.run(

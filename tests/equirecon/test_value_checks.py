@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 import data_pipeline.backends  # noqa: F401  (hands data.backend's names to the config checks)
+import pretrain.strategies  # noqa: F401  (hands train.strategy's names to the config checks)
 from equirecon.config import (
     POOLINGS,
     TRANSFORMS,

@@ -11,7 +11,8 @@ from pretrain.methods import build_method
 from pretrain.models.backbone import build_backbone
 from pretrain.models.decoder import ReconDecoder
 from pretrain.models.heads import DINOHead, SplitHead, prototype_logits
-from pretrain.train import build_optimizer, transform_generator
+from pretrain.optimizer import build_optimizer
+from pretrain.train import transform_generator
 from tests.conftest import TINY_OVERRIDES
 
 TINY = [*TINY_OVERRIDES, "train.batch_size=4"]
@@ -240,7 +241,7 @@ def test_engine_ema_is_the_methods_ema() -> None:
     """One EMA: `Engine.update_teacher` (training) runs `SSLMethod.update_teacher` (tested above)."""
     import copy
 
-    from pretrain.parallel import Engine
+    from pretrain.strategies.engine import Engine
 
     method = build_method(tiny_cfg())
     with torch.no_grad():

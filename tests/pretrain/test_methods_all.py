@@ -15,7 +15,8 @@ from data_pipeline.batch import Batch
 from equirecon.config import ConfigError, load_config
 from pretrain.methods import build_method, list_methods
 from pretrain.methods.base import SSLMethod
-from pretrain.train import Trainer, build_optimizer, transform_generator
+from pretrain.optimizer import build_optimizer
+from pretrain.train import Trainer, transform_generator
 from tests.conftest import TINY_OVERRIDES
 
 METHODS = ["dinov2", "ibot", "vicreg", "simclr"]
