@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     from pretrain.checkpoint import Checkpointer
     from pretrain.distributed import DistInfo
     from pretrain.methods import build_method
-    from pretrain.train import build_loader, save_recon_grid, transform_generator
+    from pretrain.train import build_loader, transform_generator
+    from pretrain.train_logging import save_recon_grid
 
     cfg = load_config(args.run_dir / "config.yaml")
     if not cfg.recon.enabled:
