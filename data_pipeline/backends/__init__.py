@@ -10,9 +10,6 @@ so reading the names stays cheap.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from data_pipeline.backends.base import (
     DataBackend,
     LoaderFactory,
@@ -20,8 +17,8 @@ from data_pipeline.backends.base import (
     get_backend,
     register_backend,
 )
+from equirecon.registry import import_submodules
 
-for _module in sorted(info.name for info in pkgutil.iter_modules(__path__)):
-    importlib.import_module(f"{__name__}.{_module}")
+import_submodules(__name__, __path__)  # every backend module registers itself
 
 __all__ = ["DataBackend", "LoaderFactory", "backend_names", "get_backend", "register_backend"]

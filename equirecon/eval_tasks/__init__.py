@@ -17,12 +17,11 @@ Both packages import each of their modules on import, so adding a task is adding
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from equirecon.checks import Rule
+from equirecon.registry import import_submodules
 
 
 @dataclass(frozen=True)
@@ -94,12 +93,6 @@ def get_task_spec(name: str) -> EvalTaskSpec:
     return _SPECS[name]
 
 
-def _import_all() -> None:
-    for info in pkgutil.iter_modules(__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
-
-
-_import_all()  # every spec module registers itself
+import_submodules(__name__, __path__)  # every spec module registers itself
 
 __all__ = ["EvalTaskSpec", "get_task_spec", "register_task_spec", "task_names", "task_specs"]

@@ -14,12 +14,12 @@ files (and their tests); `tests/equirecon/test_method_specs.py` checks the two r
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+
+from equirecon.registry import import_submodules
 
 # Marker of a recipe value resolved through `equirecon.config.ARCH_LAYERSCALE` (the arch's own
 # LayerScale): `model.layerscale` of a recipe without LayerScale of its own.
@@ -106,13 +106,7 @@ def get_spec(name: str) -> MethodSpec:
     return _SPECS[name]
 
 
-def _import_all() -> None:
-    for info in pkgutil.iter_modules(__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
-
-
-_import_all()  # every spec module registers itself
+import_submodules(__name__, __path__)  # every spec module registers itself
 
 __all__ = [
     "ARCH_OWN",

@@ -10,9 +10,7 @@ names.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
+from equirecon.registry import import_submodules
 from evals.tasks.base import (
     EvalContext,
     TaskFn,
@@ -22,9 +20,7 @@ from evals.tasks.base import (
     registered_tasks,
 )
 
-for _module in sorted(info.name for info in pkgutil.iter_modules(__path__)):
-    if not _module.startswith("_") and _module != "base":
-        importlib.import_module(f"{__name__}.{_module}")
+import_submodules(__name__, __path__)  # every task module registers itself
 
 __all__ = [
     "EvalContext",

@@ -5,9 +5,7 @@ config defaults are the torch-free spec of the same name in ``equirecon/methods/
 Every module of this package is imported here, so a new method needs no edit of this file.
 """
 
-import importlib
-import pkgutil
-
+from equirecon.registry import import_submodules
 from pretrain.methods.base import SSLMethod, StepOutput, get_method, list_methods, register_method
 
 __all__ = [
@@ -19,9 +17,7 @@ __all__ = [
     "register_method",
 ]
 
-for _info in pkgutil.iter_modules(__path__):  # registration
-    if not _info.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_submodules(__name__, __path__)  # every method module registers itself
 
 
 def build_method(cfg):  # noqa: ANN001, ANN201 - Config -> SSLMethod

@@ -16,9 +16,7 @@ reading the names stays cheap (no torch).
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
+from equirecon.registry import import_submodules
 from pretrain.strategies.base import (
     EngineFactory,
     Strategy,
@@ -29,8 +27,7 @@ from pretrain.strategies.base import (
     strategy_names,
 )
 
-for _module in sorted(info.name for info in pkgutil.iter_modules(__path__)):
-    importlib.import_module(f"{__name__}.{_module}")
+import_submodules(__name__, __path__)  # every strategy module registers itself
 
 __all__ = [
     "EngineFactory",
