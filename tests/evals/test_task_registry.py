@@ -39,11 +39,12 @@ def test_the_harness_names_no_task() -> None:
         text = (REPO / path).read_text()
         for name in task_names():
             assert f'"{name}"' not in text and f"'{name}'" not in text, (path, name)
-    config = (REPO / "equirecon/config.py").read_text()
-    before, _, after = config.partition("MOVED_KEYS: dict[str, str] = {")
-    outside = before + after.partition("\n}\n")[2]
-    for name in task_names():
-        assert f"eval.{name}" not in outside, name
+    for path in ("config.py", "config_schema.py", "config_files.py", "config_checks.py"):
+        config = (REPO / "equirecon" / path).read_text()
+        before, _, after = config.partition("MOVED_KEYS: dict[str, str] = {")
+        outside = before + after.partition("\n}\n")[2]
+        for name in task_names():
+            assert f"eval.{name}" not in outside, (path, name)
 
 
 def test_registering_twice_or_a_bad_spec_is_refused() -> None:
