@@ -37,7 +37,6 @@ class Import:
     names: tuple[str, ...]  # `from target import names` (names that are not modules)
     line: int
     path: Path
-    type_only: bool = False  # inside `if TYPE_CHECKING:`: never executed
 
     def where(self, root: Path) -> str:
         return f"{self.path.relative_to(root)}:{self.line}"
@@ -77,33 +76,17 @@ def _parse(path: Path) -> ast.Module:
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
-def _type_checking_nodes(tree: ast.Module) -> set[int]:
-    """ids of the nodes inside `if TYPE_CHECKING:` (or `typing.TYPE_CHECKING`) blocks."""
-    inside: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If):
-            test = node.test
-            name = test.id if isinstance(test, ast.Name) else getattr(test, "attr", None)
-            if name == "TYPE_CHECKING":
-                for stmt in node.body:
-                    inside.update(id(n) for n in ast.walk(stmt))
-    return inside
-
-
 def collect_imports(root: Path, packages: tuple[str, ...] = PACKAGES) -> list[Import]:
     """Every import (at any depth of the syntax tree) of one project module by another."""
     modules = project_modules(root, packages)
     found: list[Import] = []
     for module, path in modules.items():
-        tree = _parse(path)
-        typing_only = _type_checking_nodes(tree)
-        for node in ast.walk(tree):
-            kw = {"type_only": id(node) in typing_only}
+        for node in ast.walk(_parse(path)):
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     target = _deepest_module(alias.name, modules)
                     if target is not None:
-                        found.append(Import(module, target, (), node.lineno, path, **kw))
+                        found.append(Import(module, target, (), node.lineno, path))
             elif isinstance(node, ast.ImportFrom):
                 base = _absolute(module, path, node)
                 if _deepest_module(base, modules) is None:
@@ -111,13 +94,12 @@ def collect_imports(root: Path, packages: tuple[str, ...] = PACKAGES) -> list[Im
                 plain: list[str] = []
                 for alias in node.names:
                     if f"{base}.{alias.name}" in modules:  # `from pkg import submodule`
-                        sub = f"{base}.{alias.name}"
-                        found.append(Import(module, sub, (), node.lineno, path, **kw))
+                        found.append(Import(module, f"{base}.{alias.name}", (), node.lineno, path))
                     else:
                         plain.append(alias.name)
                 if plain:
                     target = _deepest_module(base, modules)
-                    found.append(Import(module, target, tuple(plain), node.lineno, path, **kw))
+                    found.append(Import(module, target, tuple(plain), node.lineno, path))
     return found
 
 
@@ -149,13 +131,10 @@ def upward_imports(root: Path, layers=LAYERS, packages=PACKAGES) -> list[str]:  
 
 def import_cycles(root: Path, packages: tuple[str, ...] = PACKAGES) -> list[list[str]]:
     """The strongly connected components (of more than one module, or a module importing
-    itself) of the module import graph: each is at least one cycle. Imports for type hints
-    only (`if TYPE_CHECKING:`) never run, so they cannot close a cycle; they still count as
-    imports for the layer order."""
+    itself) of the module import graph: each is at least one cycle."""
     graph: dict[str, set[str]] = {m: set() for m in project_modules(root, packages)}
     for imp in collect_imports(root, packages):
-        if not imp.type_only:
-            graph[imp.importer].add(imp.target)
+        graph[imp.importer].add(imp.target)
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -328,22 +307,3 @@ def test_checks_find_upward_imports_cycles_and_private_names(small_project: Path
     assert any("b.mid imports ['_hidden'] of a._hidden" in p for p in private), private
     assert any("c.top uses a.core._secret" in p for p in private), private
     assert len(private) == 2, private
-
-
-def test_type_hint_imports_count_for_layers_but_close_no_cycle(tmp_path: Path) -> None:
-    guard = "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n"
-    root = _tree(
-        tmp_path,
-        {
-            "a/__init__.py": "",
-            "a/x.py": guard + "    from a.y import Y\n    from b.z import Z\n",
-            "a/y.py": "from a.x import X\n",
-            "b/__init__.py": "",
-            "b/z.py": "",
-        },
-    )
-    layers = (("a", ("a",)), ("b", ("b",)))
-    assert import_cycles(root, ("a", "b")) == []
-    assert [line.split(": ", 1)[1] for line in upward_imports(root, layers, ("a", "b"))] == [
-        "a.x (a) imports b.z (b), a higher layer"
-    ]

@@ -3,18 +3,13 @@ undecodable image, so its decoder error is traced back to the first one PIL cann
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from data_pipeline.dali_reader.pipeline import epoch_shards
+from data_pipeline.dali_reader.pipeline import PipelineSettings, epoch_shards
 from data_pipeline.decode import IMAGE_EXTENSIONS
 from data_pipeline.shards import BadShardError
 
-if TYPE_CHECKING:
-    from data_pipeline.dali_reader.loader import DaliTrainLoader
-
 
 def locate_bad_image(
-    loader: DaliTrainLoader, epoch: int, batch_index: int
+    loader: PipelineSettings, epoch: int, batch_index: int
 ) -> tuple[str, str, str] | None:
     """The first sample PIL cannot decode among those DALI may have read by ``batch_index``.
 
@@ -51,7 +46,7 @@ def locate_bad_image(
 
 
 def pipeline_failure(
-    loader: DaliTrainLoader, err: Exception, epoch: int, batch_index: int
+    loader: PipelineSettings, err: Exception, epoch: int, batch_index: int
 ) -> RuntimeError:
     """The error to raise for DALI's ``err`` in ``epoch`` at batch ``batch_index``."""
     text = str(err)

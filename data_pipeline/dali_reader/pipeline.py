@@ -3,13 +3,14 @@ image decode and the multi-crop views (`data_pipeline.dali_reader.views`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from data_pipeline.dali_reader.shards import import_dali
+from data_pipeline.dali_reader.shards import DaliShards, import_dali
 from data_pipeline.dali_reader.views import multicrop_view
 from data_pipeline.decode import IMAGE_EXTENSIONS
+from data_pipeline.multicrop import MultiCrop
 from data_pipeline.seeds import (
     TAG_DALI_AUGMENT,
     TAG_DALI_SHARD_ORDER,
@@ -17,13 +18,24 @@ from data_pipeline.seeds import (
     derive_seed,
 )
 
-if TYPE_CHECKING:
-    from data_pipeline.dali_reader.loader import DaliTrainLoader
+
+class PipelineSettings(Protocol):
+    """What a pipeline (and its failure report) reads of its loader
+    (`dali_reader.loader.DaliTrainLoader`)."""
+
+    shards: DaliShards
+    crops: MultiCrop
+    num_threads: int
+    device_id: int | None
+    decode_device: str
+    shuffle_buffer: int
+    arithmetic_contrast: bool | None
+
 
 READER_NAME = "Reader"
 
 
-def epoch_shards(loader: DaliTrainLoader, epoch: int) -> tuple[list[str], list[str]]:
+def epoch_shards(loader: PipelineSettings, epoch: int) -> tuple[list[str], list[str]]:
     """Shard and index paths of ``epoch`` in their order (seeded by (seed, epoch), all ranks)."""
     rng = np.random.default_rng(derive_seed(TAG_DALI_SHARD_ORDER, loader.crops.seed, epoch))
     order = rng.permutation(len(loader.shards.paths)).tolist()
@@ -33,7 +45,7 @@ def epoch_shards(loader: DaliTrainLoader, epoch: int) -> tuple[list[str], list[s
     )
 
 
-def build_pipeline(loader: DaliTrainLoader, epoch: int) -> Any:
+def build_pipeline(loader: PipelineSettings, epoch: int) -> Any:
     """The (built) DALI pipeline of ``epoch`` on this rank."""
     dali = import_dali()
     fn, types = dali.fn, dali.types

@@ -10,19 +10,29 @@ import contextlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
+from data_pipeline.augment import MultiCropAugmentation
 from data_pipeline.decode import SkipSample, decode_image, decode_label
+from data_pipeline.masking import GlobalCropMasks
 from data_pipeline.seeds import TAG_AUGMENT, derive_seed, mask_seed
 from data_pipeline.shards import Sample
-from data_pipeline.torch_reader.stream import short_list
+from data_pipeline.torch_reader.stream import ShardSampleStream, short_list
 
-if TYPE_CHECKING:
-    from data_pipeline.torch_reader.loader import TrainLoader
+
+class WorkerSettings(Protocol):
+    """What a worker's batches read of their loader (`torch_reader.loader.TrainLoader`)."""
+
+    stream: ShardSampleStream
+    augment: MultiCropAugmentation
+    masks: GlobalCropMasks
+    batch_size: int
+    seed: int
+    with_labels: bool
 
 
 @contextlib.contextmanager
@@ -51,7 +61,7 @@ class EpochJob:
 class MultiCropBatches(IterableDataset):
     """Yields ``(tensors, meta)`` per batch; batching happens inside the worker."""
 
-    def __init__(self, loader: TrainLoader, job: EpochJob) -> None:
+    def __init__(self, loader: WorkerSettings, job: EpochJob) -> None:
         super().__init__()
         self.stream = loader.stream
         self.augment = loader.augment

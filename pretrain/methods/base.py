@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -31,16 +30,15 @@ from torch import nn
 
 from data_pipeline.batch import Batch
 from equirecon.methods import method_names
+from pretrain.methods.recon import ReconBranch
+from pretrain.methods.step_output import N_LOGGED_IMAGES, StepOutput  # noqa: F401  (re-export)
 from pretrain.models.backbone import Backbone, backbone_kwargs, build_backbone
 from pretrain.models.heads import SplitHead
 
 if TYPE_CHECKING:
     from data_pipeline.transforms import EquiTransform
-    from pretrain.methods.recon import ReconBranch
 
 _METHODS: dict[str, type[SSLMethod]] = {}
-
-N_LOGGED_IMAGES = 8  # images per StepOutput kept for the reconstruction grid
 
 
 def register_method(name: str) -> Callable[[type[SSLMethod]], type[SSLMethod]]:
@@ -70,20 +68,6 @@ def get_method(name: str) -> type[SSLMethod]:
 
 def list_methods() -> list[str]:
     return sorted(_METHODS)
-
-
-@dataclass
-class StepOutput:
-    """Losses of one step (fp32 scalars) and tensors kept for logging/visualization."""
-
-    loss_total: torch.Tensor
-    loss_ssl: torch.Tensor
-    loss_recon: torch.Tensor | None
-    terms: dict[str, torch.Tensor] = field(default_factory=dict)
-    recon_inputs: torch.Tensor | None = None  # u (B, 3, H, W)
-    recon_targets: list[torch.Tensor] = field(default_factory=list)  # u_k
-    recon_preds: list[torch.Tensor] = field(default_factory=list)  # û_k
-    transformed: torch.Tensor | None = None  # v2 = g_θ(u)
 
 
 class Encoder(nn.Module):

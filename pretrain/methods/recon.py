@@ -27,7 +27,7 @@ from torch import nn
 from data_pipeline.batch import Batch
 from data_pipeline.transforms import EquiTransform, build_transform
 from pretrain.losses import recon_loss
-from pretrain.methods.base import N_LOGGED_IMAGES, StepOutput
+from pretrain.methods.step_output import N_LOGGED_IMAGES, StepOutput
 from pretrain.models.decoder import ReconDecoder
 from pretrain.models.heads import SplitHead
 
