@@ -6,6 +6,11 @@ This module sets an evaluation up: the eval settings (the checkpoint's config, `
 `evals.tasks` (metric names as in DESIGN §5: `eval/knn/top1`, ...), and `evals.results` makes
 and writes the record.
 
+Partial data. Before the model is loaded, `evals.dispatch.plan_tasks` leaves out the tasks whose
+subset the dataset root lacks (recorded under "skipped", with the reason); a task named in
+`tasks` whose data is missing is an error instead. A task that fails is recorded under "failed"
+({task: error}); the others' results are still written (and logged to MLflow).
+
 A checkpoint's results go to `RUN_DIR/evals/step_XXXXXXXX.json` and into the run's MLflow run at
 the checkpoint's step; a floor's to `RUN_DIR/evals/floor_<name>.json` (files only).
 """
@@ -25,7 +30,7 @@ from equirecon.config import Config, EvalConfig, apply_overrides, load_config
 from equirecon.errors import ConfigError
 from equirecon.rundir import checkpoint_step, floor_result_path, step_result_path
 from equirecon.tracking import log_to_existing_run
-from evals.dispatch import parse_tasks, run_tasks
+from evals.dispatch import explicit_tasks, parse_tasks, plan_tasks, run_tasks
 from evals.providers import FLOORS, build_provider
 from evals.results import make_result, write_result
 from evals.tasks import EvalContext
@@ -90,7 +95,12 @@ def evaluate_checkpoint(
         progress: show progress bars.
 
     Returns:
-        The result written to the JSON file ("metrics", "task_seconds", "details", ...).
+        The result written to the JSON file ("metrics", "task_seconds", "details", "skipped"
+        and "failed" ({task: why}), ...).
+
+    Raises:
+        MissingPathError: a task named in `tasks` lacks its data (with the default task list,
+            such tasks are skipped); DataError: no task has its data.
     """
     ckpt = resolve_checkpoint(ckpt)
     cfg = checkpoint_config(ckpt)
@@ -98,6 +108,7 @@ def evaluate_checkpoint(
     e = cfg.eval
     task_list = parse_tasks(tasks, e.tasks)
     data = data or e.data or cfg.data.path
+    to_run, skipped = plan_tasks(task_list, data, explicit_tasks(tasks))
     backbone, split_head, cfg = load_teacher_encoder(ckpt, cfg)
     provider = build_provider(
         backbone,
@@ -111,9 +122,10 @@ def evaluate_checkpoint(
     run_dir = ckpt.parent.parent
     t0 = time.perf_counter()
     outcome = run_tasks(
-        provider, e, task_list, data, e.img_size or cfg.data.global_size,
+        provider, e, to_run, data, e.img_size or cfg.data.global_size,
         device or _default_device(), progress,
     )  # fmt: skip
+    outcome["skipped"] = skipped
     result = make_result(
         {"checkpoint": str(ckpt), "step": step, "source": "checkpoint"},
         provider.name,
@@ -152,6 +164,7 @@ def evaluate_export(
     export_dir = Path(export_dir)
     e = _apply_eval_settings(EvalConfig(), config, overrides)
     task_list = parse_tasks(tasks, e.tasks)
+    to_run, skipped = plan_tasks(task_list, data, explicit_tasks(tasks))
     backbone = load_exported_backbone(export_dir)
     meta = json.loads((export_dir / CONFIG).read_text())
     provider = build_provider(
@@ -159,9 +172,10 @@ def evaluate_export(
     )
     t0 = time.perf_counter()
     outcome = run_tasks(
-        provider, e, task_list, data, e.img_size or int(meta["model_args"]["img_size"]),
+        provider, e, to_run, data, e.img_size or int(meta["model_args"]["img_size"]),
         device or _default_device(), progress,
     )  # fmt: skip
+    outcome["skipped"] = skipped
     result = make_result(
         {
             "export": str(export_dir),
@@ -190,6 +204,7 @@ __all__ = [
     "load_teacher_backbone",
     "load_teacher_encoder",
     "parse_tasks",
+    "plan_tasks",
     "resolve_checkpoint",
     "run_tasks",
 ]

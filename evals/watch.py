@@ -10,8 +10,12 @@ What it guarantees:
   state (queued, running, done, failed, skipped), so a restarted watcher goes on where the last
   one stopped; a job still running from a previous watcher is re-attached, not resubmitted; a
   lock file keeps a second watcher off the same run;
-- a failing eval (an exception, a crashed or timed-out job) is retried once, then marked
-  `failed` with its error; it never blocks the other checkpoints;
+- a failing eval (an exception, a crashed or timed-out job, a task that failed) is retried
+  once, then marked `failed` with its error; it never blocks the other checkpoints. A user
+  error (`equirecon.errors.UserError`: no task has its data, a bad setting) fails at once, as a
+  retry would fail the same way;
+- tasks skipped for want of their data (`evals.dispatch.plan_tasks`) are recorded in the
+  checkpoint's entry (`skipped`: {task: why}); such an eval is `done`, not retried;
 - `--once` processes what is there, waits for the submitted jobs (and retries), then exits.
 
 No torch at import time: the watcher and its job wrapper start fast.
@@ -35,6 +39,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from equirecon.errors import UserError
 from equirecon.executors import require_submitit, slurm_executor
 from equirecon.rundir import CHECKPOINTS_DIR, EVALS_DIR, list_checkpoints, write_json_atomic
 
@@ -71,7 +76,12 @@ def load_eval_fn(spec: str) -> EvalFn:
 
 
 def run_eval_job(eval_fn: EvalFn, checkpoint: str) -> dict[str, Any]:
-    """The body of one submitted job: never raises, returns {"ok", "metrics" | "error"}."""
+    """The body of one submitted job: never raises.
+
+    Returns:
+        {"ok", "metrics", "skipped"} or, when the eval raised or a task failed, {"ok": False,
+        "error", ...}, with "retry": False for a user error (it would fail again).
+    """
     started = time.time()
     try:
         result = eval_fn(checkpoint)
@@ -81,9 +91,20 @@ def run_eval_job(eval_fn: EvalFn, checkpoint: str) -> dict[str, Any]:
             "error": f"{type(err).__name__}: {err}",
             "traceback": traceback.format_exc(),
             "seconds": round(time.time() - started, 2),
+            "retry": not isinstance(err, UserError),
         }
-    metrics = result.get("metrics", {}) if isinstance(result, dict) else {}
-    return {"ok": True, "metrics": metrics, "seconds": round(time.time() - started, 2)}
+    result = result if isinstance(result, dict) else {}
+    outcome = {
+        "ok": True,
+        "metrics": result.get("metrics", {}),
+        "seconds": round(time.time() - started, 2),
+    }
+    if result.get("skipped"):
+        outcome["skipped"] = result["skipped"]
+    if result.get("failed"):  # the other tasks' results are written; the eval is retried
+        failed = "; ".join(f"{task}: {err}" for task, err in result["failed"].items())
+        outcome.update(ok=False, error=f"eval task(s) failed: {failed}")
+    return outcome
 
 
 def build_executor(
@@ -325,20 +346,29 @@ class CheckpointWatcher:
 
     def _record(self, name: str, entry: dict[str, Any], outcome: dict[str, Any]) -> None:
         entry["finished_at"] = time.time()
+        if "skipped" in outcome:
+            entry["skipped"] = outcome["skipped"]
         if outcome.get("ok"):
             entry.update(state="done", metrics=outcome.get("metrics", {}), error=None)
             self.newly["done"].append(name)
             log.info("eval of %s done: %s", name, entry["metrics"])
             return
+        if outcome.get("metrics"):  # a task failed: the others' results
+            entry["metrics"] = outcome["metrics"]
         error = outcome.get("error", "unknown error")
         entry.setdefault("errors", []).append(error)
-        if entry["attempts"] < self.max_attempts:
+        if entry["attempts"] < self.max_attempts and outcome.get("retry", True):
             entry["state"] = "queued"
             log.warning("eval of %s failed (%s); retrying", name, error)
         else:
             entry.update(state="failed", error=error)
             self.newly["failed"].append(name)
-            log.error("eval of %s failed %d times; giving up: %s", name, entry["attempts"], error)
+            if not outcome.get("retry", True):
+                log.error("eval of %s failed; a retry would fail alike: %s", name, error)
+            else:
+                log.error(
+                    "eval of %s failed %d times; giving up: %s", name, entry["attempts"], error
+                )
 
     # --- loops --------------------------------------------------------------------------------
 
@@ -427,6 +457,8 @@ def format_state(state: dict[str, Any]) -> str:
         detail = entry.get("error") or ""
         if entry["state"] == "done":
             detail = ", ".join(f"{k}={v:.4g}" for k, v in sorted(entry.get("metrics", {}).items()))
+        if entry.get("skipped"):
+            detail += f" (skipped for want of data: {', '.join(entry['skipped'])})"
         lines.append(f"{name:<16} {entry['state']:<8} {entry.get('attempts', 0):>5}  {detail}")
     return "\n".join(lines)
 

@@ -9,7 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.dali_index import dali_index_entries, read_dali_index, write_dali_index
+from data_pipeline.dali_index import (
+    dali_index_entries,
+    index_mismatch,
+    read_dali_index,
+    write_dali_index,
+)
 from data_pipeline.decode import IMAGE_EXTENSIONS
 from data_pipeline.shards import BadShardError, scan_shard
 
@@ -50,8 +55,10 @@ class DaliShards:
 def prepare_shards(paths: Sequence[str], index_dir: str | Path) -> DaliShards:
     """Finds or writes the DALI index of every shard; leaves out unreadable ones.
 
-    A shard's index is ``<shard without .tar>.idx`` next to it when that file exists and is
-    not older than the shard; otherwise one is generated into ``index_dir``. A damaged shard
+    A shard's index is ``<shard without .tar>.idx`` next to it when that file exists and is the
+    index of this tar (`data_pipeline.dali_index.index_mismatch`: its sidecar's tar name, size
+    and mtime, or the tar headers at its offsets); otherwise one is generated into ``index_dir``
+    (with a warning when the index beside it does not match the tar). A damaged shard
     (truncated, a broken header) is indexed up to its damage, as the torch reader reads it: its
     complete samples are used, the rest counted in ``lost_samples``, and it is listed in
     ``bad_shards``.
@@ -63,12 +70,20 @@ def prepare_shards(paths: Sequence[str], index_dir: str | Path) -> DaliShards:
         shard = Path(path)
         beside = shard.with_suffix(".idx")
         try:
-            if beside.is_file() and beside.stat().st_mtime_ns >= shard.stat().st_mtime_ns:
+            stale = index_mismatch(shard, beside) if beside.is_file() else "no index"
+            if stale is None:
                 index = beside
             else:
                 index = Path(index_dir) / f"{number:06d}-{shard.stem}.idx"
                 try:
                     write_dali_index(shard, index)
+                    if beside.is_file():  # a damaged shard gets the warning below instead
+                        logger.warning(
+                            "data.backend=dali: %s does not fit %s (%s); indexed the shard anew",
+                            beside.name,
+                            shard,
+                            stale,
+                        )
                 except BadShardError:
                     scan = scan_shard(str(shard))
                     if scan.samples == 0:

@@ -82,4 +82,19 @@ def convert(
     return entries
 
 
-__all__ = ["FORMATS", "LayoutError", "SplitSources", "convert"]
+# The command that writes each subset of a dataset root (the table above; `{root}`, `{split}`).
+MAKE_SUBSET = {
+    "natural": "equirecon data build --src IMAGES --out {root} --split {split}",
+    "labelled": "equirecon data build --format imagefolder --src IMAGENET --out {root}",
+    "segmentation": "equirecon data build --format ade20k|voc --src ROOT --out {root}",
+    "depth": "equirecon data build --format nyu-depth --src NYU --out {root}",
+}
+
+
+def how_to_make(subset: str, root: str, split: str = "train") -> str:
+    """The command that writes ``subset`` (its ``split``) into the dataset root ``root``."""
+    template = MAKE_SUBSET.get(subset, "equirecon data build --subset {subset} --out {root}")
+    return template.format(subset=subset, root=root, split=split)
+
+
+__all__ = ["FORMATS", "MAKE_SUBSET", "LayoutError", "SplitSources", "convert", "how_to_make"]

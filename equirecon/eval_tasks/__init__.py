@@ -37,6 +37,9 @@ class EvalTaskSpec:
         order: where the task comes in `eval.tasks=all`, the default `eval.tasks` and listings
             (then by name).
         summary: one line for the CLI help.
+        data: the subsets of a dataset root the task reads (`natural`, `labelled`,
+            `segmentation`, `depth`), train and val split of each. Where one is missing the task
+            is skipped, or, named in `eval --tasks`, refused (`evals.dispatch.plan_tasks`).
     """
 
     name: str
@@ -44,6 +47,7 @@ class EvalTaskSpec:
     checks: Mapping[str, Rule] = field(default_factory=dict)
     order: int = 100
     summary: str = ""
+    data: tuple[str, ...] = ()
 
     def value_checks(self) -> list[tuple[str, Rule]]:
         """(dotted key `eval.<name>.<field>`, rule) rows, in field order."""

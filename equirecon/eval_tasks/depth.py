@@ -29,6 +29,7 @@ SPEC = register_task_spec(
             "lr": gt(0),
         },
         order=60,
+        data=("depth",),
         summary="linear depth from patch features: eval/depth/rmse, abs_rel, delta1",
     )
 )

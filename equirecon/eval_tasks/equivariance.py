@@ -53,6 +53,7 @@ SPEC = register_task_spec(
             "hidden": POSITIVE,
         },
         order=10,
+        data=("natural",),
         summary="R² of an MLP reading each transform's θ off f(I), f(g(I)): eval/equivariance/*_r2",
     )
 )

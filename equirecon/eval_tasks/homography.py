@@ -35,6 +35,7 @@ SPEC = register_task_spec(
             "lr": gt(0),
         },
         order=40,
+        data=("natural",),
         summary="mean corner error of a homography regressed from patch features: "
         "eval/homography/mce",
     )

@@ -21,6 +21,7 @@ SPEC = register_task_spec(
         settings=KnnSettings,
         checks={"k": POSITIVE},
         order=20,
+        data=("labelled",),
         summary="k-nearest-neighbour top-1 on the labelled subset: eval/knn/top1",
     )
 )

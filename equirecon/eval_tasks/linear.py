@@ -27,6 +27,7 @@ SPEC = register_task_spec(
             "val_fraction": within(0, 1, low_open=True, high_open=True),
         },
         order=30,
+        data=("labelled",),
         summary="linear probe top-1 on the labelled subset: eval/linear/top1",
     )
 )

@@ -28,6 +28,7 @@ SPEC = register_task_spec(
             "lr": gt(0),
         },
         order=50,
+        data=("segmentation",),
         summary="linear segmentation mIoU from patch features: eval/segmentation/miou",
     )
 )

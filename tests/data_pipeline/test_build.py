@@ -166,7 +166,8 @@ def test_rerun_resumes_and_completes_an_interrupted_build(
     assert resumed["shards_written"] == 1
     after = _mtimes(out)
     changed = {name for name in after if after[name] != before.get(name)}
-    assert changed == {victim, victim.replace(".tar", ".idx")}
+    idx = victim.replace(".tar", ".idx")
+    assert changed == {victim, idx, idx + ".json"}  # tar, DALI index and what it was built from
     assert (out / "natural" / victim).read_bytes() == content[victim]  # deterministic
     assert not list((out / "natural").glob("*.tmp"))
     assert resumed["num_samples"] == first["num_samples"]

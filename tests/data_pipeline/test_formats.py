@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -163,35 +164,26 @@ def test_images_reads_coco_folders_into_natural(tmp_path: Path) -> None:
     assert all("cls" not in s for s in samples(out, "natural", "val"))
 
 
-def test_wrong_layout_and_stray_options_are_one_line_errors(tmp_path: Path) -> None:
+def test_wrong_layout_and_stray_options_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """User errors of `data build --format`: exit code 2, one error line and a hint."""
+    monkeypatch.delenv("EQUIRECON_DEBUG", raising=False)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match=r"--format ade20k: .*empty.*ADEChallengeData2016"):
-        main(
-            [
-                "data",
-                "build",
-                "--format",
-                "ade20k",
-                "--src",
-                str(tmp_path / "empty"),
-                "--out",
-                str(tmp_path / "o"),
-            ]
-        )
-    with pytest.raises(SystemExit, match="drop --split"):
-        main(
-            [
-                "data",
-                "build",
-                "--format",
-                "voc",
-                "--src",
-                str(tmp_path),
-                "--out",
-                str(tmp_path / "o"),
-                "--split",
-                "val",
-            ]
-        )
+    build = ["data", "build", "--out", str(tmp_path / "o"), "--format"]
+    cases = {
+        r"ade20k: .*empty.*ADEChallengeData2016": [
+            "ade20k",
+            "--src",
+            str(tmp_path / "empty"),
+        ],
+        "voc: .*drop --split": ["voc", "--src", str(tmp_path), "--split", "val"],
+        r"voc: .*nowhere.* is not a folder": ["voc", "--src", str(tmp_path / "nowhere")],
+    }
+    for says, argv in cases.items():
+        assert main([*build, *argv]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 2 and err[1].startswith("hint: "), err
+        assert re.match(rf"equirecon: error: data build --format {says}", err[0]), err
     with pytest.raises(ValueError, match="unknown --format 'kitti'"):
         convert("kitti", tmp_path, tmp_path / "o")

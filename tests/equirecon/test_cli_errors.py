@@ -33,6 +33,15 @@ def _errors(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
             ["eval", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "step_00000001")],
             "step_00000001",
         ),
+        "wrong layout": (
+            ["data", "build", "--format", "voc", "--src", str(tmp_path), "--out", str(tmp_path)],
+            "data build --format voc: ",
+        ),
+        "export without data": (["eval", "--export", str(tmp_path)], "needs --data"),
+        "bad sbatch option": (
+            ["launch", "slurm", "--config", DEMO, "--gpus-per-node", "1", "--sbatch", "=x"],
+            "--sbatch takes KEY=VALUE",
+        ),
     }
 
 
@@ -45,6 +54,9 @@ def _errors(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "missing config",
         "missing data",
         "missing checkpoint",
+        "wrong layout",
+        "export without data",
+        "bad sbatch option",
     ],
 )
 def test_user_error_is_one_line_and_exit_2(

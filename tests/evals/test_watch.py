@@ -18,11 +18,13 @@ from types import SimpleNamespace
 
 import pytest
 
+from equirecon.errors import DataError
 from equirecon.rundir import list_checkpoints
 from evals.watch import (
     STATE_FILE,
     CheckpointWatcher,
     background_watcher,
+    format_state,
     start_watcher,
     stop_watcher,
     watch,
@@ -174,6 +176,50 @@ def test_crash_is_retried_once_then_reported_and_others_still_run(tmp_path: Path
     assert calls(log) == ["step_00000001", "step_00000003"]  # each success exactly once
     assert calls(log, "error") == ["step_00000001", "step_00000002", "step_00000002"]
     assert read_state(run) == entries  # what was returned is what is on disk
+
+
+def partial_eval(log_dir: str, checkpoint: str) -> dict:
+    """What `evaluate_checkpoint` returns on partial data: step 1 with tasks skipped, step 2
+    with a task failed as well; step 3 has no task with its data (a user error)."""
+    name = Path(checkpoint).name
+    _record(Path(log_dir), checkpoint, "call")
+    if name.endswith("3"):
+        raise DataError("no eval task has its data in /data: ...")
+    failed = {"knn": "RuntimeError: boom"} if name.endswith("2") else {}
+    skipped = {"depth": "no depth/ subset in /data (make one with ...)"}
+    return {"metrics": {"eval/linear/top1": 50.0}, "skipped": skipped, "failed": failed}
+
+
+def test_partial_data_is_recorded_and_not_retried_forever(tmp_path: Path) -> None:
+    run, log = tmp_path / "run", tmp_path / "log"
+    for step in (1, 2, 3):
+        make_checkpoint(run, step)
+    fn = functools.partial(partial_eval, str(log))
+    state = watch(run, executor="debug", once=True, eval_fn=fn, poll_seconds=0.05)
+    entries = state["checkpoints"]
+    # Skipped tasks: done at the first try, the skips recorded.
+    one = entries["step_00000001"]
+    assert (one["state"], one["attempts"], list(one["skipped"])) == ("done", 1, ["depth"])
+    # A task failed: retried (max_attempts), then failed; the other task's metrics are kept.
+    two = entries["step_00000002"]
+    assert (two["state"], two["attempts"]) == ("failed", 2)
+    assert two["error"] == "eval task(s) failed: knn: RuntimeError: boom"
+    assert two["metrics"] == {"eval/linear/top1": 50.0} and list(two["skipped"]) == ["depth"]
+    # A user error fails alike every time: not retried.
+    three = entries["step_00000003"]
+    assert (three["state"], three["attempts"]) == ("failed", 1)
+    assert three["error"].startswith("DataError: no eval task has its data")
+    assert calls(log, "call") == [
+        "step_00000001",
+        "step_00000002",
+        "step_00000002",
+        "step_00000003",
+    ]
+    table = format_state(state)
+    assert "(skipped for want of data: depth)" in table.splitlines()[1]
+    # A restarted watcher does not evaluate any of them again.
+    watch(run, executor="debug", once=True, eval_fn=fn, poll_seconds=0.05)
+    assert len(calls(log, "call")) == 4
 
 
 def test_a_second_watcher_on_the_same_run_is_refused(tmp_path: Path) -> None:
