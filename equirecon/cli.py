@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from equirecon.errors import MissingPathError, UserError
+from equirecon.errors import ConfigError, MissingPathError, UserError
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -52,9 +52,10 @@ def _convert_layout(args: argparse.Namespace) -> int:
 
     given = [f"--{n}" for n in ("labels", "subset", "split") if getattr(args, n) is not None]
     if given:
-        raise SystemExit(
+        raise ConfigError(
             f"data build --format {args.format}: the layout sets labels, subsets and splits; "
-            f"drop {' '.join(given)}"
+            f"drop {' '.join(given)}",
+            hint="--format writes every split of the layout with its own labels",
         )
     try:
         entries = convert(
@@ -65,8 +66,16 @@ def _convert_layout(args: argparse.Namespace) -> int:
             workers=args.workers,
             seed=args.seed,
         )
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"data build --format {args.format}: {err}") from None
+    except UserError:
+        raise
+    except FileNotFoundError as err:
+        raise MissingPathError(f"data build --format {args.format}: {err}") from None
+    except ValueError as err:  # LayoutError: --src lacks the layout
+        raise ConfigError(
+            f"data build --format {args.format}: {err}",
+            hint=f"point --src at the root of a {args.format} dataset (layouts: README, "
+            "data_pipeline/formats)",
+        ) from None
     for name, entry in entries.items():
         print(
             f"{name}: {entry['num_samples']} samples, {entry['num_bad']} bad or unpaired files, "
@@ -114,7 +123,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     if args.export:
         if not args.data:
-            raise SystemExit("eval --export needs --data DIR (an export has no training config)")
+            raise ConfigError(
+                "eval --export needs --data DIR (an export has no training config)",
+                hint="add --data DATASET_ROOT",
+            )
         result = evaluate_export(args.export, data=args.data, **common)
         what = f"export {result['export']}"
     else:
@@ -128,9 +140,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(
         "seconds per task: " + ", ".join(f"{k} {v:.1f}" for k, v in result["task_seconds"].items())
     )
+    if result.get("skipped"):
+        print(f"skipped (no data, see above): {', '.join(result['skipped'])}")
+    for task, error in result.get("failed", {}).items():
+        print(f"failed {task}: {error.splitlines()[0] if error else ''}")
     if result.get("path"):
         print(f"results: {result['path']}")
-    return 0
+    return 1 if result.get("failed") else 0  # the others' results are written all the same
 
 
 def _cmd_eval_watch(args: argparse.Namespace) -> int:
@@ -247,7 +263,10 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         key, sep, value = item.partition("=")
         key = key.strip().lstrip("-").replace("-", "_")
         if not key:
-            raise SystemExit(f"--sbatch takes KEY=VALUE or KEY (an sbatch option), got {item!r}")
+            raise ConfigError(
+                f"--sbatch takes KEY=VALUE or KEY (an sbatch option), got {item!r}",
+                hint="e.g. --sbatch constraint=a100 --sbatch exclusive",
+            )
         extra[key] = value if sep else True  # KEY alone: a flag such as exclusive
     options = SlurmOptions(
         nodes=args.nodes,
@@ -266,7 +285,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     try:
         options.check()
     except ValueError as err:
-        raise SystemExit(f"launch slurm: {err}") from None
+        raise ConfigError(f"launch slurm: {err}", hint="fix the option named above") from None
     job, cfg = submit_pretraining(args.config, args.overrides, options, folder=args.folder)
     print(json.dumps(describe(job, cfg, options)), flush=True)
     if not args.wait:
@@ -346,10 +365,21 @@ def build_parser() -> argparse.ArgumentParser:
     from equirecon.eval_tasks import get_task_spec, task_names
 
     tasks = "\n".join(f"  {n:<13} {get_task_spec(n).summary}".rstrip() for n in task_names())
+    readers: dict[str, list[str]] = {}  # subset of the dataset root -> the tasks reading it
+    for name in task_names():
+        for subset in get_task_spec(name).data:
+            readers.setdefault(subset, []).append(name)
+    reads = "; ".join(f"{d}/ {', '.join(n)}" for d, n in readers.items())
     ev = verbs.add_parser(
         "eval",
         help="evaluate a checkpoint or an export (`eval watch RUN_DIR`: every checkpoint)",
         epilog=f"eval.tasks (each with its settings eval.<task>.*):\n{tasks}\n\n"
+        f"The subsets of the dataset root they read (train and val shards):\n  {reads}\n"
+        "A task whose subset is missing is skipped with one line; one named in --tasks is an\n"
+        "error instead.\n\n"
+        "exit codes: 0 every task ran (or was skipped); 1 a task failed: the results of the\n"
+        "others are written and logged all the same; 2 a user error (an option or path, the\n"
+        "data of a task named in --tasks missing, no task with its data).\n\n"
         "`equirecon eval watch RUN_DIR …` evaluates each new checkpoint of a run "
         "(see `equirecon eval watch --help`).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -360,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--tasks",
         default="",
-        help=f"comma-separated, or all: {','.join(task_names())} (default: eval.tasks)",
+        help=f"comma-separated, or all: {','.join(task_names())} (default: eval.tasks; "
+        "tasks named here must have their data)",
     )
     ev.add_argument("--data", default=None, help="dataset root (default: the run's data.path)")
     ev.add_argument(
@@ -504,7 +535,8 @@ def report_user_error(err: UserError) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one verb. A `UserError` exits with code 2 and one line; `--debug` or
+    """Run one verb. A `UserError` exits with its code (2; 3 for a `StorageError`: disk full,
+    read-only or not writable, also when raised as a plain `OSError`) and one line; `--debug` or
     `EQUIRECON_DEBUG=1` lets it propagate with its traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, debug = _take_debug_flag(argv)
@@ -526,7 +558,15 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         report_user_error(err)
-        return 2
+        return err.exit_code
+    except OSError as err:  # a write no `guard_write` wrapped: still one line when it is a fault
+        from equirecon.storage import as_storage_error
+
+        fault = as_storage_error(err)
+        if debug or fault is None:
+            raise
+        report_user_error(fault)
+        return fault.exit_code
 
 
 if __name__ == "__main__":

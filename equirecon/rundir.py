@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from equirecon.errors import ConfigError
+from equirecon.storage import guard_write
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS_DIR = "checkpoints"
@@ -41,18 +42,25 @@ def temp_path(path: str | Path) -> Path:
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write `text` to `path` via a temporary file and a rename (readers never see half a file)."""
+    """Write `text` to `path` via a temporary file and a rename (readers never see half a file).
+
+    Raises:
+        StorageError: the disk is full, read-only or not writable (the temporary file is
+            removed; `path` keeps its old content).
+    """
     path = Path(path)
     tmp = temp_path(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with guard_write(path.name, path, needed=len(text.encode()), partial=[tmp]):
+        tmp.write_text(text)
+        os.replace(tmp, path)
     return path
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
     """`obj` as indented JSON (and a newline), atomically; creates the parent folders."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with guard_write(path.name, path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     return write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
 
 

@@ -2,6 +2,14 @@
 
 The MLflow run id is stored in `RUN_DIR/mlflow_run_id`, so a resumed or requeued job and the
 evaluations of its checkpoints all log into the same MLflow run.
+
+A full disk (or a read-only or unwritable one): `metrics.jsonl` is the run's record, so a failed
+append removes its partial line and raises `StorageError` (the run ends there and resumes from
+its last checkpoint). The MLflow store never stops training: a store that cannot be written
+(sqlite on a full disk: "database or disk is full") is reported once as a warning that says so,
+its records are kept and retried, and delivered once it can be written again (or left in
+`RUN_DIR/mlflow_pending.jsonl` for the next job); an artifact that cannot be staged is skipped
+with a warning.
 """
 
 from __future__ import annotations
@@ -19,7 +27,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from equirecon.errors import StorageError
 from equirecon.rundir import write_text_atomic
+from equirecon.storage import fault_errno, guard_write, is_storage_fault, storage_error
 
 try:
     import fcntl
@@ -63,17 +73,30 @@ def describe_tracking(uri: str) -> str:
 def _creation_lock(uri: str) -> Iterator[None]:
     """Hold `<db>.lock` while a new sqlite store is created: two processes creating the same
     new mlflow.db would otherwise race on its schema. No-op for other stores or existing files."""
-    path = Path(uri[len(_SQLITE) :]) if uri.startswith(_SQLITE) else None
+    path = _sqlite_path(uri)
     if path is None or path.is_file() or fcntl is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_name(path.name + ".lock"), "w")  # closed by the `with` below
+    except OSError as err:
+        if not is_storage_fault(err):
+            raise
+        log.warning("MLflow store %s cannot be created here (%s); training goes on", uri, err)
+        yield
+        return
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` store (None for other stores)."""
+    return Path(uri[len(_SQLITE) :]) if uri.startswith(_SQLITE) else None
 
 
 def mlflow_client(uri: str):  # noqa: ANN201 - mlflow.MlflowClient
@@ -109,8 +132,19 @@ class MetricsFile:
         write_text_atomic(self.path, "".join(ln + "\n" for ln in kept))
 
     def append(self, step: int, metrics: dict[str, float]) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        """Append one line; on a full disk (StorageError) the partial line is removed again."""
+        line = json.dumps({"step": step, **metrics}) + "\n"
+        size = self.path.stat().st_size if self.path.is_file() else None
+
+        def undo() -> None:  # back to the lines before this one (a new file is removed)
+            if size is None:
+                self.path.unlink(missing_ok=True)
+            else:
+                os.truncate(self.path, size)
+
+        with guard_write(f"metrics of step {step}", self.path, needed=len(line), partial=[undo]):
+            with self.path.open("a") as f:
+                f.write(line)
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
@@ -194,9 +228,16 @@ class Tracker:
         if not self.enabled:
             return
         staged_dir = self._artifact_dir / str(time.time_ns())
-        staged_dir.mkdir(parents=True)
         staged = staged_dir / Path(path).name
-        shutil.copy2(path, staged)
+        try:
+            with guard_write(
+                f"the MLflow artifact {Path(path).name}", staged, partial=[staged_dir]
+            ):
+                staged_dir.mkdir(parents=True)
+                shutil.copy2(path, staged)
+        except StorageError as err:
+            log.warning("%s; artifact skipped, training goes on", err)
+            return
         self._push("artifact", {"path": str(staged), "artifact_path": artifact_path})
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -223,7 +264,15 @@ class Tracker:
             self._cond.notify_all()
         self._thread.join(timeout=5.0)
         if not delivered:
-            self._save_pending()
+            try:
+                self._save_pending()
+            except StorageError as err:
+                log.warning(
+                    "%s; %d MLflow records not kept (metrics.jsonl has the metrics)",
+                    err,
+                    len(self._queue),
+                )
+                return
             log.warning(
                 "MLflow at %s unreachable: %d records kept in %s for the next run",
                 self.uri,
@@ -255,11 +304,7 @@ class Tracker:
                     self._cond.notify_all()
                 if self.outage_since is None:
                     self.outage_since = time.monotonic()
-                    log.warning(
-                        "MLflow delivery failed (%s: %s); retrying, training goes on",
-                        type(e).__name__,
-                        str(e)[:200],
-                    )
+                    log.warning("%s", self._describe_failure(e))
                 with self._cond:
                     if self._stop:
                         return
@@ -277,6 +322,22 @@ class Tracker:
                 self.delivered += 1
                 self._busy = False
                 self._cond.notify_all()
+
+    def _describe_failure(self, err: BaseException) -> str:
+        """The warning of a failed delivery: a store that cannot be written (sqlite on a full,
+        read-only or unwritable disk) is named as such, anything else as the error."""
+        db = _sqlite_path(self.uri)
+        code = fault_errno(err, db) if db is not None else None
+        if db is None or code is None:
+            return (
+                f"MLflow delivery failed ({type(err).__name__}: {str(err)[:200]}); retrying, "
+                "training goes on"
+            )
+        fault = storage_error(code, "the MLflow store", db)
+        return (
+            f"{fault}; training goes on: every metric is in metrics.jsonl, and the MLflow "
+            "records are kept and delivered once the store can be written again (retrying)"
+        )
 
     def _deliver(self, kind: str, payload: Any) -> None:
         from mlflow.entities import Metric, Param

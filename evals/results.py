@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+from equirecon.errors import StorageError
 from equirecon.rundir import EVALS_DIR, STEP_FILE_RE, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 
 def read_step_results(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -57,7 +61,21 @@ def make_result(
 
 
 def write_result(result: dict[str, Any], out: str | Path) -> dict[str, Any]:
-    """Write `result` to `out` atomically; returns it with `path` set."""
-    write_json_atomic(out, result)
+    """Write `result` to `out` atomically; returns it with `path` set.
+
+    Raises:
+        StorageError: the disk is full, read-only or not writable (no partial file is left);
+            the metrics are logged first, so the evaluation's numbers are not lost.
+    """
+    try:
+        write_json_atomic(out, result)
+    except StorageError as err:
+        log.error("eval results not written; metrics: %s", json.dumps(result.get("metrics")))
+        err.update(
+            what="eval results",
+            then="rerun the eval (or give --out a path on another disk); the metrics are "
+            "in the log line above",
+        )
+        raise
     result["path"] = str(out)
     return result

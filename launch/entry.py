@@ -11,11 +11,16 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from equirecon.config import Config
+from equirecon.errors import PeerLostError
+from equirecon.rundir import CHECKPOINTS_DIR
+from equirecon.storage import as_storage_error
 from evals.watch import background_watcher
 from launch.signals import StopFlag
-from pretrain.distributed import DistInfo
+from pretrain.checkpoint import latest_checkpoint, note_resume_point
+from pretrain.distributed import DistInfo, peer_lost_reason
 from pretrain.train import Trainer
 
 log = logging.getLogger("equirecon.pretrain")
@@ -52,15 +57,49 @@ def run_pretraining(
             (preemption, `docker stop`), in the main thread only (where handlers can be set).
         leave_watcher_on_stop: after a stop signal, do not wait for the eval watcher's final
             pass (a Slurm job that requeues itself).
+
+    Raises:
+        StorageError: a write failed (disk full, read-only, no permission); its message names
+            the intact checkpoint that rerunning the same command resumes from.
     """
     setup_logging()
-    trainer = Trainer(cfg, dist_info)
-    if stop is None and threading.current_thread() is threading.main_thread():
-        stop = StopFlag().install()
-    leave_running = (lambda: trainer.preempted) if leave_watcher_on_stop else None
-    with background_watcher(cfg, trainer.dist.is_main, leave_running):
-        metrics = trainer.fit(should_stop=stop)
+    installed: StopFlag | None = None
+    trainer: Trainer | None = None
+    try:
+        trainer = Trainer(cfg, dist_info)
+        if stop is None and threading.current_thread() is threading.main_thread():
+            stop = installed = StopFlag().install()
+        leave_running = (lambda: trainer.preempted) if leave_watcher_on_stop else None
+        with background_watcher(cfg, trainer.dist.is_main, leave_running):
+            metrics = trainer.fit(should_stop=stop)
+    except OSError as err:  # disk full, read-only, no permission: name the checkpoint to resume
+        fault = as_storage_error(err)
+        if fault is None:
+            raise
+        note_resume_point(fault, Path(cfg.run.dir) / CHECKPOINTS_DIR)
+        if fault is err:
+            raise
+        raise fault from err
+    except RuntimeError as err:  # another rank died: its peers' collectives fail here
+        reason = peer_lost_reason(err)
+        if reason is None:
+            raise
+        raise _peer_lost(reason, trainer, Path(cfg.run.dir) / CHECKPOINTS_DIR) from err
+    finally:
+        if installed is not None:  # a process that goes on must not keep record-only handlers
+            installed.uninstall()
     return PretrainOutcome(trainer, metrics, stop)
+
+
+def _peer_lost(reason: str, trainer: Trainer | None, ckpt_root: Path) -> PeerLostError:
+    """One line: this rank, the step, the backend's reason and the checkpoint to resume from."""
+    where = "" if trainer is None else f"rank {trainer.dist.rank} at step {trainer.step + 1}: "
+    found = latest_checkpoint(ckpt_root)
+    intact = f"{found.name} ({CHECKPOINTS_DIR}/latest)" if found is not None else "none yet"
+    return PeerLostError(
+        f"{where}another rank of the run is gone, a collective failed ({reason}); "
+        f"intact checkpoint: {intact}"
+    )
 
 
 def pretrain(cfg: Config) -> dict[str, float]:

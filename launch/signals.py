@@ -35,5 +35,14 @@ class StopFlag:
             self.previous[signum] = signal.signal(signum, self._handler)
         return self
 
+    def uninstall(self) -> None:
+        """Put back the handlers `install` replaced. A process that goes on after the run (a
+        test session, a notebook) must not keep handlers that only record SIGTERM: a process it
+        forks later (a multiprocessing pool) inherits them, so `Pool.terminate()` can no longer
+        stop its workers and waits forever."""
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self.previous.clear()
+
     def __call__(self) -> bool:
         return self.received is not None

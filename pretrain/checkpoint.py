@@ -7,6 +7,10 @@ save never leaves a half-written checkpoint under a `step_*` name, and `latest` 
 an atomic rename only after that. Each checkpoint holds `manifest.json` (size and SHA-256 of
 every file, `pretrain/checkpoint_integrity.py`), written before publication; `select_checkpoint`
 returns the newest checkpoint that still matches it and names the damaged ones it passed over.
+
+A save that fails for lack of space (or on a read-only or unwritable disk) removes its temporary
+directory at once and raises `StorageError` naming the checkpoint `latest` still points to;
+rerunning the same command once there is space resumes from it exactly.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import DefaultLoadPlanner
 
-from equirecon.errors import CheckpointError
+from equirecon.errors import CheckpointError, StorageError
 from equirecon.rundir import (
     CHECKPOINTS_DIR,
     LATEST_FILE,
@@ -31,6 +36,7 @@ from equirecon.rundir import (
     step_dir_name,
     write_text_atomic,
 )
+from equirecon.storage import guard_write
 from pretrain.checkpoint_integrity import CheckpointState, verify_checkpoint, write_manifest
 from pretrain.distributed import barrier, is_initialized, rank
 
@@ -96,6 +102,43 @@ def select_checkpoint_all_ranks(ckpt_root: str | Path) -> tuple[Path | None, lis
     return result[0]
 
 
+def note_resume_point(err: StorageError, ckpt_root: str | Path) -> StorageError:
+    """Add to `err` the checkpoint a rerun resumes from (the one `latest` names, else the
+    newest complete one) and that rerunning resumes from it; returns `err`."""
+    if err.checkpoint is not None:
+        return err
+    found = latest_checkpoint(ckpt_root)
+    if found is None:
+        return err.update(
+            checkpoint="none yet", then="rerun the same command: it starts from step 0"
+        )
+    named = (Path(ckpt_root) / LATEST_FILE).is_file() and (
+        (Path(ckpt_root) / LATEST_FILE).read_text().strip() == found.name
+    )
+    where = f"{CHECKPOINTS_DIR}/{LATEST_FILE}" if named else f"{CHECKPOINTS_DIR}/{found.name}"
+    return err.update(
+        checkpoint=f"{found.name} ({where})",
+        then=f"rerun the same command: it resumes from {found.name}",
+    )
+
+
+def state_bytes(state: Any) -> int:
+    """About the bytes a DCP save of `state` writes (tensors at their global size, strings;
+    `Stateful` values through their `state_dict()` in one process only: in a process group it
+    may be a collective)."""
+    if hasattr(state, "state_dict") and not is_initialized():
+        return state_bytes(state.state_dict())
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, list | tuple):
+        return sum(state_bytes(v) for v in state)
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, str | bytes):
+        return len(state)
+    return 0
+
+
 def read_meta(path: str | Path) -> dict[str, Any]:
     """`meta.json` of a checkpoint directory ({} when absent)."""
     meta = Path(path) / "meta.json"
@@ -124,9 +167,45 @@ class Checkpointer:
     ) -> Path:
         """Write `state` (DCP) + config + meta under a temporary name, then publish it as
         `step_XXXXXXXX` and point `latest` at it. `extra_writer(tmp_dir)` runs on all ranks
-        after the DCP write (e.g. DeepSpeed's own files)."""
+        after the DCP write (e.g. DeepSpeed's own files).
+
+        Raises:
+            StorageError: the disk is full (or read-only, or not writable) on the rank that
+                hit it; the temporary directory is already removed and `latest` still names the
+                previous checkpoint (named in the message).
+        """
         final = self.root / step_dir_name(step)
         tmp = self.root / f".tmp_{step_dir_name(step)}"
+        try:
+            with guard_write(
+                f"checkpoint step {step}",
+                tmp,
+                needed=lambda: self._needed(state, config_yaml),
+                partial=[tmp],
+            ):
+                self._write(step, state, config_yaml, meta, extra_writer, tmp, final)
+        except StorageError as err:
+            note_resume_point(err, self.root)
+            raise
+        return final
+
+    def _needed(self, state: dict[str, Any], config_yaml: str) -> int:
+        """About the bytes of a new checkpoint: the newest one's, else an estimate from `state`."""
+        found = list_checkpoints(self.root)
+        if found:
+            return sum(f.stat().st_size for f in found[-1][1].rglob("*") if f.is_file())
+        return state_bytes(state) + len(config_yaml)
+
+    def _write(
+        self,
+        step: int,
+        state: dict[str, Any],
+        config_yaml: str,
+        meta: dict[str, Any],
+        extra_writer: Callable[[Path], None] | None,
+        tmp: Path,
+        final: Path,
+    ) -> None:
         if rank() == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             if tmp.exists():
@@ -149,7 +228,6 @@ class Checkpointer:
             write_text_atomic(self.root / LATEST_FILE, final.name + "\n")
             self._apply_retention()
         barrier()
-        return final
 
     def _apply_retention(self) -> None:
         ckpts = list_checkpoints(self.root)

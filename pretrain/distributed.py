@@ -50,6 +50,34 @@ def init_distributed(backend: str | None = None) -> DistInfo:
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
+# What gloo and NCCL say when the other end of a collective is gone (its process died).
+_PEER_LOST = (
+    "connection reset by peer",
+    "connection closed by peer",
+    "broken pipe",
+    "connection refused",
+    "communicator was aborted",
+    "remote process exited",
+)
+
+
+def peer_lost_reason(err: BaseException) -> str | None:
+    """The backend's one-line reason when `err` says another rank of the collective is gone
+    (gloo's "Connection reset/closed by peer", NCCL's aborted communicator), else None. Only
+    meaningful inside a multi-process world."""
+    if not is_initialized() or dist.get_world_size() < 2:
+        return None
+    text = str(err)
+    lowered = text.lower()
+    if isinstance(err, dist.DistNetworkError) or any(m in lowered for m in _PEER_LOST):
+        line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(err).__name__)
+        # gloo prefixes its source position ("[.../pair.cc:545] Read error ..."): drop it
+        if line.startswith("[") and "] " in line:
+            line = line.split("] ", 1)[1]
+        return line.split(". ")[0][:200]
+    return None
+
+
 def is_initialized() -> bool:
     """True when a default process group exists."""
     return dist.is_available() and dist.is_initialized()

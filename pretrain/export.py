@@ -21,6 +21,7 @@ from typing import Any
 from safetensors.torch import save_file
 
 from equirecon.rundir import checkpoint_step
+from equirecon.storage import guard_write
 from pretrain.models.backbone import ARCHS, Backbone, set_attention_backend
 from pretrain.restore import load_teacher_backbone
 
@@ -51,7 +52,12 @@ def timm_model_args(backbone: Backbone, img_size: int) -> dict[str, Any]:
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
-    """Write `out/model.safetensors` and `out/config.json` for the checkpoint's backbone."""
+    """Write `out/model.safetensors` and `out/config.json` for the checkpoint's backbone.
+
+    Raises:
+        StorageError: the disk is full, read-only or not writable; the partial `.OUT.tmp`
+            folder is removed and an existing `out` is left as it was.
+    """
     checkpoint, out = Path(checkpoint), Path(out)
     backbone, cfg = load_teacher_backbone(checkpoint)
     state = {k: v.detach().contiguous().cpu() for k, v in backbone.vit.state_dict().items()}
@@ -70,14 +76,16 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
         },
     }
     tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
-    (tmp / CONFIG).write_text(json.dumps(meta, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    needed = sum(v.numel() * v.element_size() for v in state.values()) + (1 << 16)
+    with guard_write(f"the export of {checkpoint.name}", tmp, needed=needed, partial=[tmp]):
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps(meta, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
     return out
 
 

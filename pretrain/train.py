@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from equirecon.config import Config, flat_dict, save_config
+from equirecon.storage import guard_write
 from equirecon.tracking import MetricsFile, Tracker, describe_tracking
 from pretrain.checkpoint import Checkpointer, select_checkpoint_all_ranks
 from pretrain.distributed import DistInfo, all_reduce_min, barrier, init_distributed
@@ -74,7 +75,8 @@ class Trainer(CheckpointMixin, LoggingMixin, NonFiniteMixin):
         self._resume_used = False
 
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with guard_write("the run directory", self.run_dir):
+                self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
         barrier()
 
@@ -195,33 +197,36 @@ class Trainer(CheckpointMixin, LoggingMixin, NonFiniteMixin):
         t_prev = time.perf_counter()
         self.method.train()
         end = total if stop_after is None else min(total, stop_after)
-        while self.step < end:
-            if should_stop is not None and self._any_rank(should_stop()):
-                self.preempted = True
-                break
-            t0 = time.perf_counter()
-            batch = next(it).to(self.device)
-            t_data = time.perf_counter() - t0
-            values = self.schedules.at(self.step)
-            out = self.train_step(batch, values)
-            if self.last_skip is not None:
-                self._handle_nonfinite(batch)
-            else:
-                self.consecutive_skips = 0
-            self.step += 1
-            now = time.perf_counter()
-            step_time, t_prev = now - t_prev, now
-            if self.step % cfg.train.log_every == 0 or self.step == total:
-                last = self._log_step(out, values, step_time, t_data, global_batch)
-                bar.set_postfix(
-                    loss=f"{last['train/loss_total']:.3f}", img_s=f"{last['train/img_per_s']:.0f}"
-                )
-            bar.update(1)
-            if self.step % cfg.checkpoint.every_steps == 0 and self.step < end:
-                self.save_checkpoint()
-            if cfg.recon.log_images_every and self.step % cfg.recon.log_images_every == 0:
-                self._log_images(out)
-        bar.close()
+        try:  # the bar ends its line also when a step fails (the error starts a new one)
+            while self.step < end:
+                if should_stop is not None and self._any_rank(should_stop()):
+                    self.preempted = True
+                    break
+                t0 = time.perf_counter()
+                batch = next(it).to(self.device)
+                t_data = time.perf_counter() - t0
+                values = self.schedules.at(self.step)
+                out = self.train_step(batch, values)
+                if self.last_skip is not None:
+                    self._handle_nonfinite(batch)
+                else:
+                    self.consecutive_skips = 0
+                self.step += 1
+                now = time.perf_counter()
+                step_time, t_prev = now - t_prev, now
+                if self.step % cfg.train.log_every == 0 or self.step == total:
+                    last = self._log_step(out, values, step_time, t_data, global_batch)
+                    bar.set_postfix(
+                        loss=f"{last['train/loss_total']:.3f}",
+                        img_s=f"{last['train/img_per_s']:.0f}",
+                    )
+                bar.update(1)
+                if self.step % cfg.checkpoint.every_steps == 0 and self.step < end:
+                    self.save_checkpoint()
+                if cfg.recon.log_images_every and self.step % cfg.recon.log_images_every == 0:
+                    self._log_images(out)
+        finally:
+            bar.close()
         self.save_checkpoint()
         if out is not None:
             self._log_images(out)

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from equirecon.storage import guard_write
 from pretrain.distributed import all_reduce_mean
 from pretrain.meters import max_memory_gb
 from pretrain.methods.base import StepOutput
@@ -112,5 +113,7 @@ class LoggingMixin:
         if not self.dist.is_main:
             return
         path = self.run_dir / "recon_grid.png"
-        if save_recon_grid(out, path) and self.tracker is not None:
+        with guard_write("the reconstruction images", path, partial=[path]):
+            saved = save_recon_grid(out, path)
+        if saved and self.tracker is not None:
             self.tracker.log_artifact(path, artifact_path=f"recon/step_{self.step:08d}")

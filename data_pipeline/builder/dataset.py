@@ -12,9 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from data_pipeline.builder.manifest import BUILD_VERSION, load_manifest, record_build
-from data_pipeline.builder.shard import ShardTask, read_complete_record, run_tasks, shard_digest
+from data_pipeline.builder.shard import (
+    ShardTask,
+    read_complete_record,
+    run_tasks,
+    shard_bytes,
+    shard_digest,
+)
 from data_pipeline.builder.sources import SourceFile, find_sources, plan_shards
-from equirecon.errors import ConfigError, DataError
+from equirecon.errors import ConfigError, DataError, StorageError
 
 DEFAULT_SHARD_SIZE_MB = 256.0
 MAX_LISTED_IGNORED = 1000
@@ -185,7 +191,17 @@ def write_split(
             f"data build: {len(files)} images in {len(tasks)} shards under {subset_dir} "
             f"({len(records)} complete, {len(todo)} to write, {len(ignored)} ignored files)"
         )
-    for record in run_tasks(todo, workers, sum(len(t.files) for t in todo), progress):
+    try:
+        done = run_tasks(todo, workers, sum(len(t.files) for t in todo), progress)
+    except StorageError as err:  # a shard's partial files are removed; the complete ones stay
+        left = [t for t in todo if read_complete_record(t) is None]
+        err.update(
+            needed=sum(shard_bytes(t) for t in left),
+            what=f"{err.what} ({len(left)} of {len(tasks)} shards left)",
+            then="rerun the same command: complete shards are kept, the others are written",
+        )
+        raise
+    for record in done:
         records[record["index"]] = record
     ordered = [records[t.index] for t in tasks]
     class_counts: Counter[int] = Counter()

@@ -21,7 +21,8 @@ from data_pipeline.builder.manifest import BUILD_VERSION
 from data_pipeline.builder.sources import SourceFile
 from data_pipeline.dali_index import write_dali_index
 from data_pipeline.shards import ShardWriter
-from equirecon.rundir import write_text_atomic
+from equirecon.rundir import temp_path, write_text_atomic
+from equirecon.storage import guard_write
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,30 @@ def _init_worker(progress: Any) -> None:
     _PROGRESS = progress
 
 
+def shard_bytes(task: ShardTask) -> int:
+    """About the bytes of a shard's tar: its files plus tar headers and the json member."""
+    return sum(f.size + sum(a.size for a in f.annotations) + 2048 for _, f in task.files)
+
+
 def build_shard(task: ShardTask, progress: Any = None) -> dict[str, Any]:
-    """Writes one shard (tar, index, then its record, each atomically); returns the record."""
-    progress = progress if progress is not None else _PROGRESS
+    """Writes one shard (tar, index, then its record, each atomically); returns the record.
+
+    Raises:
+        StorageError: the disk is full, read-only or not writable; the shard's partial files
+            (tar, index, temporary files) are removed first.
+    """
+    tar_path, idx_path, record_path = Path(task.tar), Path(task.idx), Path(task.record)
+    partial = [Path(str(tar_path) + ".tmp"), tar_path, idx_path, temp_path(idx_path)]
+    with guard_write(
+        f"shard {task.index}",
+        tar_path,
+        needed=lambda: shard_bytes(task),
+        partial=[*partial, temp_path(record_path)],
+    ):
+        return _build_shard(task, progress if progress is not None else _PROGRESS)
+
+
+def _build_shard(task: ShardTask, progress: Any) -> dict[str, Any]:
     tar_path, idx_path, record_path = Path(task.tar), Path(task.idx), Path(task.record)
     tmp_tar = Path(str(tar_path) + ".tmp")
     # ShardWriter numbers its files: a pattern whose only printf field yields this tmp name.
@@ -176,4 +198,11 @@ def run_tasks(
         return records
 
 
-__all__ = ["ShardTask", "build_shard", "read_complete_record", "run_tasks", "shard_digest"]
+__all__ = [
+    "ShardTask",
+    "build_shard",
+    "read_complete_record",
+    "run_tasks",
+    "shard_bytes",
+    "shard_digest",
+]
