@@ -1,4 +1,6 @@
-"""Runs that die: SIGKILL at an arbitrary step, and a crash in the middle of a checkpoint save.
+"""Runs that die: SIGKILL at an arbitrary step, in the middle of a checkpoint save and at each
+later phase of a save (complete but unpublished, published but `latest` not yet moved, in the
+middle of removing an old checkpoint), and stop signals (SIGUSR2, SIGTERM).
 
 Both are real processes (`equirecon pretrain` on the demo shards, torch reader) killed with
 SIGKILL; the resumed run must give the uninterrupted run's loss sequence bitwise (CPU, one
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from pretrain.checkpoint import latest_checkpoint, list_checkpoints
+from pretrain.checkpoint_integrity import verify_checkpoint
 from tests.conftest import REPO, TINY_OVERRIDES
 
 pytestmark = pytest.mark.slow
@@ -42,6 +45,42 @@ def save(state, checkpoint_id):
         data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
         os.kill(os.getpid(), signal.SIGKILL)
 ckpt.dcp.save = save
+sys.exit(main())
+"""
+
+
+# SIGKILL at one phase of the save of step CRASH_STEP, after its files are complete (`CRASH_AT`):
+# before_publish: manifest written, directory still under its temporary name;
+# before_latest: published as step_*, `latest` still names the previous checkpoint;
+# in_retention: `latest` moved, an old checkpoint half removed by the retention policy.
+CRASH_AT_PHASE = """
+import os, signal, sys
+from pathlib import Path
+import pretrain.checkpoint as ckpt
+from equirecon.cli import main
+crash, phase = "step_%08d" % int(os.environ["CRASH_STEP"]), os.environ["CRASH_AT"]
+die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+real_manifest, real_atomic = ckpt.write_manifest, ckpt.write_text_atomic
+real_retention = ckpt.Checkpointer._apply_retention
+def write_manifest(path):
+    out = real_manifest(path)
+    if phase == "before_publish" and Path(path).name.endswith(crash):
+        die()
+    return out
+def write_text_atomic(path, text):
+    if phase == "before_latest" and text.strip() == crash:
+        die()
+    return real_atomic(path, text)
+def apply_retention(self):
+    if phase == "in_retention" and (self.root / "latest").read_text().strip() == crash:
+        old = ckpt.list_checkpoints(self.root)[0][1]
+        files = sorted(f for f in old.rglob("*") if f.is_file())
+        for f in files[: len(files) // 2 + 1]:
+            f.unlink()
+        die()
+    return real_retention(self)
+ckpt.write_manifest, ckpt.write_text_atomic = write_manifest, write_text_atomic
+ckpt.Checkpointer._apply_retention = apply_retention
 sys.exit(main())
 """
 
@@ -135,13 +174,45 @@ def test_crash_during_save_leaves_previous_checkpoint_usable(
     assert [s for s, _ in list_checkpoints(ckpts)] == [9, 12]
 
 
-def test_sigusr2_checkpoints_at_the_next_step_and_resumes(
-    tmp_path: Path, demo_data: Path, reference: list[tuple[int, float]]
+# phase -> (the complete checkpoints left, the one a rerun resumes from)
+PHASES = {
+    "before_publish": ([3, 6], "step_00000006"),
+    "before_latest": ([3, 6, 9], "step_00000006"),  # `latest` decides, a newer one is ignored
+    "in_retention": ([6, 9], "step_00000009"),  # the half-removed step 3 is damaged, passed over
+}
+
+
+@pytest.mark.parametrize("phase", sorted(PHASES))
+def test_sigkill_at_each_phase_of_a_save_loses_nothing(
+    tmp_path: Path, demo_data: Path, reference: list[tuple[int, float]], phase: str
 ) -> None:
-    """Slurm's warning signal (SIGUSR2, also what torchrun and the container forward): the run
-    saves a checkpoint of the step it is at (not the last periodic one), exits 0, and the same
-    command finishes the run with the uninterrupted losses."""
-    run_dir = tmp_path / "usr2"
+    run_dir = tmp_path / "crash"
+    args = _command(run_dir, demo_data, f"sqlite:///{tmp_path / 'm.db'}")
+    proc = _run(["-c", CRASH_AT_PHASE, *args], env={"CRASH_STEP": "9", "CRASH_AT": phase})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-4000:]
+    complete, resume_from = PHASES[phase]
+    ckpts = run_dir / "checkpoints"
+    intact = [s for s, p in list_checkpoints(ckpts) if verify_checkpoint(p).state == "ok"]
+    assert intact == complete
+    assert latest_checkpoint(ckpts).name == resume_from
+
+    proc = _run(["-m", "equirecon", *args])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"step {int(resume_from[5:])}" in proc.stderr
+    assert _losses(run_dir) == reference  # bitwise, steps 1..12 once each
+    assert not list(ckpts.glob(".tmp_*"))
+    assert [s for s, _ in list_checkpoints(ckpts)] == [9, 12]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR2, signal.SIGTERM], ids=["SIGUSR2", "SIGTERM"])
+def test_stop_signal_checkpoints_at_the_next_step_and_resumes(
+    tmp_path: Path, demo_data: Path, reference: list[tuple[int, float]], signum: int
+) -> None:
+    """Slurm's warning signal (SIGUSR2, also what torchrun and the container forward) and
+    SIGTERM (preemption, scancel, docker stop): the run saves a checkpoint of the step it is at
+    (not the last periodic one), exits 0, and the same command finishes the run with the
+    uninterrupted losses."""
+    run_dir = tmp_path / "stop"
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     cmd = [sys.executable, "-m", "equirecon", *_command(run_dir, demo_data, uri)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -152,7 +223,7 @@ def test_sigusr2_checkpoints_at_the_next_step_and_resumes(
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if metrics.is_file() and len(metrics.read_text().splitlines()) >= 4:
-            os.kill(proc.pid, signal.SIGUSR2)
+            os.kill(proc.pid, signum)
             break
         time.sleep(0.02)
     _, stderr = proc.communicate(timeout=120)
