@@ -9,7 +9,8 @@ because the disk (or quota) is full, the filesystem is read-only or permission i
 (`equirecon.storage`): free space or fix the mount, then rerun the same command (a pretraining
 run resumes from the intact checkpoint the line names); 4 for a `PeerLostError`: another rank of
 a multi-process run died (or its node), and this rank's collective failed: the line names the
-intact checkpoint a rerun resumes from. 1 is left to the verbs' own failures
+intact checkpoint a rerun resumes from; 5 for a `DivergedError`: `train.max_nonfinite_steps`
+non-finite steps in a row, the last good state saved. 1 is left to the verbs' own failures
 (`checkpoints verify` finding damage, failed eval jobs).
 
 Each concrete error also subclasses the builtin type that was raised before it existed
@@ -170,4 +171,15 @@ class PeerLostError(UserError, RuntimeError):
     default_hint = (
         "the rank that died logged the first failure (torchrun prints it as the root cause; on "
         "Slurm: RUN_DIR/slurm/<job id>/); fix it, then rerun the same command to resume"
+    )
+
+
+class DivergedError(UserError, FloatingPointError):
+    """`train.max_nonfinite_steps` non-finite steps in a row: the last good state is saved as a
+    checkpoint and a diagnostic file written (both named in the message). Exit code 5."""
+
+    exit_code = 5
+    default_hint = (
+        "lower the lr or recon.lambda, clip harder (train.clip_grad) or train in fp32, then "
+        "rerun the same command: it resumes from the last good state"
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from equirecon.errors import DivergedError
 from pretrain.methods.base import StepOutput
 
 log = logging.getLogger("equirecon.pretrain")
@@ -71,7 +72,7 @@ class NonFiniteMixin:
         diag_path.write_text(json.dumps(diag, indent=1))
         if self.tracker is not None:
             self.tracker.finish("FAILED")
-        raise FloatingPointError(
+        raise DivergedError(
             f"{self.consecutive_skips} consecutive non-finite steps (last: step {self.step + 1}, "
             f"{self.last_skip['reason']}; terms {self.last_skip}). Diagnostic: {diag_path}; "
             f"last good state saved in {path}"

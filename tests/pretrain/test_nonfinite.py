@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from equirecon.config import load_config
+from equirecon.errors import DivergedError
 from pretrain.checkpoint import latest_checkpoint
 from pretrain.train import Trainer
 from tests.conftest import REPO, TINY_OVERRIDES
@@ -86,6 +87,8 @@ def test_consecutive_nonfinite_steps_stop_with_diagnostic(tmp_path: Path, demo_d
     with pytest.raises(FloatingPointError, match="3 consecutive non-finite steps") as err:
         trainer.fit()
     assert "non-finite loss" in str(err.value) and "dino" in str(err.value)
+    assert isinstance(err.value, DivergedError) and err.value.exit_code == 5  # one line, exit 5
+    assert "\n" not in str(err.value)
     diag_files = list(run_dir.glob("nonfinite_step_*_rank0.json"))
     assert len(diag_files) == 1
     diag = json.loads(diag_files[0].read_text())
