@@ -132,6 +132,7 @@ VALUE_CHECKS: tuple[tuple[str, Rule], ...] = (
     ("recon.decoder_resize", one_of(("after_conv", "before_conv"))),
     ("recon.decoder_kernel", ((lambda v: v >= 1 and v % 2 == 1), "an odd integer >= 1")),
     ("recon.log_images_every", NON_NEGATIVE),
+    ("recon.theta_head_weight", NON_NEGATIVE),
     ("split.d_patch", ge(2)),
     ("train.max_steps", POSITIVE),
     ("train.batch_size", POSITIVE),
@@ -202,6 +203,14 @@ def validate(cfg: Config) -> None:
     if cfg.recon.enabled and not 0 < cfg.d_equi < cfg.d_patch:
         raise ConfigError(
             f"recon.d_equi={cfg.d_equi}: need 0 < recon.d_equi < split.d_patch ({cfg.d_patch})"
+        )
+    if cfg.recon.theta_head_weight > 0 and (
+        not cfg.recon.enabled or not get_spec(cfg.method.name).teacher_free
+    ):
+        raise ConfigError(
+            f"recon.theta_head_weight={cfg.recon.theta_head_weight}: the θ-regression control "
+            f"needs recon.enabled=true (g_θ) and a teacher-free method (vicreg, simclr), "
+            f"got recon.enabled={cfg.recon.enabled}, method.name={cfg.method.name}"
         )
     patch = arch_patch_size(cfg)
     if patch is not None:

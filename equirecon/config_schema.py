@@ -131,6 +131,11 @@ class ReconConfig:
     # across patches, so un-transforming is left to the encoder. models/decoder.py
     decoder_kernel: int = 3
     log_images_every: int = 0  # 0: only at the end of training
+    # The method-effect study's positive control (issue #25), not part of the method: weight of
+    # a head that regresses θ (normalized to [-1, 1]) from the backbone's global vectors
+    # [CLS; mean patch] of u and g_θ(u) (an extra backbone pass over u), added to the loss, so
+    # that training must put θ into the global vector. 0: off. VICReg/SimCLR only.
+    theta_head_weight: float = 0.0
 
 
 @dataclass

@@ -61,6 +61,8 @@ class MethodSpec:
             methods with batch statistics).
         checks: extra checks of a resolved config, each raising `ConfigError` naming the key.
         summary: one line for the CLI help.
+        teacher_free: one shared encoder sees both views, no EMA teacher (VICReg, SimCLR); the
+            torch class's `has_teacher` is its negation.
     """
 
     name: str
@@ -70,6 +72,7 @@ class MethodSpec:
     min_batch_size: int = 1
     checks: tuple[Callable[[Any], None], ...] = ()
     summary: str = ""
+    teacher_free: bool = False
 
     def resolved_recipe(self) -> dict[str, Any]:
         """Every recipe key's value for this method (`NO_RECIPE` overridden by `recipe`)."""

@@ -11,6 +11,7 @@ SPEC = register_spec(
         d_patch=512,
         d_equi=256,
         min_batch_size=2,
+        teacher_free=True,
         summary="VICReg on the CLS token, one shared encoder for both views, no teacher",
     )
 )

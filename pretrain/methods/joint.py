@@ -11,7 +11,7 @@ from torch import nn
 
 from data_pipeline.batch import Batch
 from pretrain.methods.base import Encoder, SSLMethod, StepOutput, build_encoder
-from pretrain.methods.recon import ReconBranch, predict
+from pretrain.methods.recon import ReconBranch, global_vector, predict
 
 
 class JointEmbeddingStudent(nn.Module):
@@ -21,31 +21,46 @@ class JointEmbeddingStudent(nn.Module):
     """
 
     def __init__(
-        self, encoder: Encoder, projector: nn.Module, decoders: nn.ModuleList | None
+        self,
+        encoder: Encoder,
+        projector: nn.Module,
+        decoders: nn.ModuleList | None,
+        theta_head: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.projector = projector
         self.decoders = decoders
+        if theta_head is not None:  # the study's positive control only (no key otherwise)
+            self.theta_head = theta_head
 
-    def forward(self, global_crops: torch.Tensor) -> dict[str, Any]:
-        """global_crops (2B, 3, H, W) = [v1; v2] -> {"embeddings": (2B, D'), "recon_preds"}.
+    def forward(
+        self, global_crops: torch.Tensor, source: torch.Tensor | None = None
+    ) -> dict[str, Any]:
+        """global_crops (2B, 3, H, W) = [v1; v2] -> {"embeddings": (2B, D'), "recon_preds",
+        "theta_pred" (B, P): with the control head and `source` = u (B, 3, H, W)}.
 
         The projector runs per view (its BatchNorm statistics are per view, as in VICReg).
         """
         backbone, split = self.encoder.backbone, self.encoder.split_head
-        if self.decoders is None or split is None:  # z_inv of CLS only: the last block skips
+        theta_head = getattr(self, "theta_head", None)
+        if (self.decoders is None or split is None) and theta_head is None:
+            # z_inv of CLS only: the last block skips the patch rows
             cls, _ = self.encoder(global_crops, rows=backbone.cls_rows(global_crops))
-        else:  # the decoders read every patch token
+        else:  # the decoders (or the control head) read every patch token
             tokens = backbone(global_crops)
-            cls = split.inv(tokens[:, 0])
+            cls = tokens[:, 0] if split is None else split.inv(tokens[:, 0])
         b = cls.shape[0] // 2
         out: dict[str, Any] = {
             "embeddings": torch.cat([self.projector(cls[:b]), self.projector(cls[b:])])
         }
+        prefix = backbone.num_prefix_tokens
         if self.decoders is not None and split is not None:
-            prefix = backbone.num_prefix_tokens
             out["recon_preds"] = predict(self.decoders, split, tokens, prefix)
+        if theta_head is not None and source is not None:
+            pooled_u = global_vector(backbone(source), prefix)
+            pooled_v2 = global_vector(tokens[b:], prefix)
+            out["theta_pred"] = theta_head(torch.cat([pooled_u, pooled_v2], dim=-1))
         return out
 
 
@@ -69,7 +84,8 @@ class JointEmbeddingMethod(SSLMethod):
         if cfg.method.sync_batchnorm and _use_sync_batchnorm():
             projector = nn.SyncBatchNorm.convert_sync_batchnorm(projector)
         decoders = self.recon.build_decoders(encoder.backbone.patch_size)
-        self.student = JointEmbeddingStudent(encoder, projector, decoders)
+        theta_head = self.recon.build_theta_head(encoder.backbone.embed_dim)
+        self.student = JointEmbeddingStudent(encoder, projector, decoders, theta_head)
         self.teacher = None
 
     def build_projector(self, in_dim: int) -> nn.Module:
@@ -91,10 +107,18 @@ class JointEmbeddingMethod(SSLMethod):
     ) -> StepOutput:
         """One student forward on [v1; v2] (local crops skipped); `teacher_temp` is unused."""
         views = self.recon.views(batch, generator)
-        out = student_fn(views.global_crops)
+        if views.source is None:
+            out = student_fn(views.global_crops)
+        else:  # the study's positive control: the θ head also reads f(u)
+            out = student_fn(views.global_crops, views.source)
         z1, z2 = out["embeddings"].chunk(2)
         loss_ssl, terms = self.embedding_loss(z1, z2)
-        return self.recon.step_output(loss_ssl, terms, out.get("recon_preds"), views, batch)
+        loss_theta = (
+            self.recon.theta_loss(out["theta_pred"], views) if "theta_pred" in out else None
+        )
+        return self.recon.step_output(
+            loss_ssl, terms, out.get("recon_preds"), views, batch, loss_theta
+        )
 
 
 def _use_sync_batchnorm() -> bool:

@@ -38,6 +38,18 @@ class ReconViews(NamedTuple):
     global_crops: torch.Tensor  # (2B, 3, H, W) = [v1; v2] ([v1; u] without g)
     targets: list[torch.Tensor]  # K targets u_k (B, 3, H, W); [] without g
     theta: torch.Tensor | None  # (B, P) this rank's θ; None without g
+    source: torch.Tensor | None = None  # (B, 3, H, W) u, for the θ control head; else None
+
+
+def global_vector(tokens: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    """[CLS; mean of the patch tokens] (B, 2D) of backbone tokens (B, P + N, D): the vector the
+    study's equivariance probe reads (`eval.equivariance.features=global`)."""
+    return torch.cat([tokens[:, 0], tokens[:, num_prefix_tokens:].mean(dim=1)], dim=-1)
+
+
+def build_theta_head(embed_dim: int, num_params: int, hidden: int = 256) -> nn.Module:
+    """The positive control's head: [global f(u); global f(g_θ u)] (4D) -> normalized θ (P)."""
+    return nn.Sequential(nn.Linear(4 * embed_dim, hidden), nn.GELU(), nn.Linear(hidden, num_params))
 
 
 def build_decoders(
@@ -104,6 +116,7 @@ class ReconBranch:
             build_transform(r.transform, self.image_size) if self.enabled else None
         )
         self.batch_slice: tuple[int, int] = (0, 1)
+        self.theta_weight = float(getattr(r, "theta_head_weight", 0.0))
 
     # ---- build time -----------------------------------------------------------------------
     def build_split_head(self, embed_dim: int) -> SplitHead | None:
@@ -125,6 +138,18 @@ class ReconBranch:
             self.decoder_kernel,
         )
 
+    def build_theta_head(self, embed_dim: int) -> nn.Module | None:
+        """The study's positive-control head (`recon.theta_head_weight` > 0), else None."""
+        if self.transform is None or self.theta_weight <= 0:
+            return None
+        return build_theta_head(embed_dim, self.transform.num_params)
+
+    def theta_loss(self, theta_pred: torch.Tensor, views: ReconViews) -> torch.Tensor:
+        """MSE of the control head's prediction against θ normalized to [-1, 1] (fp32)."""
+        assert self.transform is not None and views.theta is not None
+        target = self.transform.normalize_params(views.theta).float()
+        return (theta_pred.float() - target).pow(2).mean()
+
     # ---- one step -------------------------------------------------------------------------
     def views(self, batch: Batch, generator: torch.Generator) -> ReconViews:
         """Apply g_θ to u = `batch.global_crops[1]` on the batch's device."""
@@ -139,7 +164,8 @@ class ReconBranch:
         theta = theta[index * b : (index + 1) * b]
         v2 = self.transform.apply(u, theta)
         targets = self.transform.intermediates(u, theta, self.k)
-        return ReconViews(torch.cat([v1, v2]), targets, theta)
+        source = u if self.theta_weight > 0 else None
+        return ReconViews(torch.cat([v1, v2]), targets, theta, source)
 
     def step_output(
         self,
@@ -148,8 +174,10 @@ class ReconBranch:
         preds: list[torch.Tensor] | None,
         views: ReconViews,
         batch: Batch,
+        loss_theta: torch.Tensor | None = None,
     ) -> StepOutput:
-        """L_total = L_SSL + λ·L_recon and the tensors kept for the reconstruction grid.
+        """L_total = L_SSL + λ·L_recon (+ w·L_θ of the study's control) and the tensors kept for
+        the reconstruction grid.
 
         Args:
             loss_ssl: fp32 scalar of the base method.
@@ -157,6 +185,7 @@ class ReconBranch:
             preds: K student predictions û_k (B, 3, H, W), or None without decoders.
             views: this step's `views(...)`.
             batch: the step's batch (u is `batch.global_crops[1]`).
+            loss_theta: the positive control's loss (`theta_loss`), or None (the method).
         """
         targets = views.targets
         loss_recon = None
@@ -164,6 +193,9 @@ class ReconBranch:
         if preds and targets:
             loss_recon = recon_loss(preds, targets)
             loss_total = loss_ssl + self.lam * loss_recon
+        if loss_theta is not None:
+            terms = {**terms, "theta_control": loss_theta.detach()}
+            loss_total = loss_total + self.theta_weight * loss_theta
         b = batch.batch_size
         n = min(b, N_LOGGED_IMAGES)
         return StepOutput(

@@ -67,6 +67,7 @@ BAD_VALUES = {
     "recon.decoder_resize": "nearest",
     "recon.decoder_kernel": "2",
     "recon.log_images_every": "-1",
+    "recon.theta_head_weight": "-0.5",
     "split.d_patch": "1",
     "train.max_steps": "0",
     "train.batch_size": "0",

@@ -24,6 +24,8 @@ def test_both_registries_list_the_same_methods() -> None:
     assert list_methods() == specs.method_names() == ["dinov2", "ibot", "simclr", "vicreg"]
     for name in list_methods():
         assert get_method(name).name == name
+        # the config side's teacher_free (checks such as recon.theta_head_weight) is the class's
+        assert specs.get_spec(name).teacher_free == (not get_method(name).has_teacher)
 
 
 @pytest.fixture
