@@ -444,10 +444,15 @@ def watch(
     watcher = CheckpointWatcher(
         run_dir, executor, eval_fn=eval_fn, poll_seconds=poll_seconds, **kwargs
     )
+    previous = {}
     if handle_signals:
-        signal.signal(signal.SIGTERM, watcher.request_stop)
-        signal.signal(signal.SIGINT, watcher.request_stop)
-    return watcher.run(once=once)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, watcher.request_stop)
+    try:
+        return watcher.run(once=once)
+    finally:  # a process that goes on (tests, a notebook) must not keep the stop handlers:
+        for signum, handler in previous.items():  # a later fork's Pool.terminate would hang
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def format_state(state: dict[str, Any]) -> str:

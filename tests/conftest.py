@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,19 @@ def _no_repo_mlflow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Tests never write to the repository's mlflow.db."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow-default.db'}")
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+
+
+@pytest.fixture(autouse=True)
+def _stop_handlers_put_back() -> Iterator[None]:
+    """Code run in-process must put back the SIGTERM/SIGINT/SIGUSR2 handlers it installs: a
+    record-only SIGTERM handler left behind is inherited by every process forked later, and
+    `multiprocessing.Pool.terminate()` then waits forever for its workers (issue #24)."""
+    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    yield
+    left = {signal.Signals(s).name: h for s, h in before.items() if signal.getsignal(s) != h}
+    for s, handler in before.items():
+        signal.signal(s, handler)
+    assert not left, f"the test left signal handlers installed: {sorted(left)}"
