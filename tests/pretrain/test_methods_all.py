@@ -160,7 +160,7 @@ def test_ibot_center_updates_and_is_in_the_teacher_state() -> None:
     assert torch.equal(teacher.cls_center.center, torch.zeros(1, 64))
 
     batch = random_batch()
-    global_crops, _, _ = method.recon.views(batch, transform_generator(0, 0))
+    global_crops = method.recon.views(batch, transform_generator(0, 0)).global_crops
     with torch.no_grad():
         z_inv, _ = teacher.encoder(global_crops)
         cls_mean = teacher.head(z_inv[:, 0]).mean(0, keepdim=True)

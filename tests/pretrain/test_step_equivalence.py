@@ -85,7 +85,8 @@ def _ref_teacher_student_losses(method, batch: Batch, gen) -> dict[str, Any]:  #
     """DINOv2/iBOT as before the fusion: a head call per token group, bool-mask indexing."""
     ibot = method.name == "ibot"
     m = method.cfg.method
-    global_crops, targets, _ = method.recon.views(batch, gen)
+    views = method.recon.views(batch, gen)
+    global_crops, targets = views.global_crops, views.targets
     masks = batch.masks.flatten(0, 1)
     teacher_cls, teacher_patch = _ref_teacher(method, global_crops, masks, ibot)
     student = method.student
@@ -114,7 +115,8 @@ def _ref_teacher_student_losses(method, batch: Batch, gen) -> dict[str, Any]:  #
 def _ref_joint_losses(method, batch: Batch, gen) -> dict[str, Any]:  # noqa: ANN001
     """VICReg/SimCLR as before: the split head on every token of both views."""
     student = method.student
-    global_crops, targets, _ = method.recon.views(batch, gen)
+    views = method.recon.views(batch, gen)
+    global_crops, targets = views.global_crops, views.targets
     z_inv, z_equi = student.encoder(global_crops)
     cls = z_inv[:, 0]
     b = cls.shape[0] // 2
