@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from evals.report import load_run
+from evals.report import load_run, probe_metrics
 
 METRICS = (
     ("eval/equivariance/rotation_r2", "rotation R²", True),
@@ -65,18 +65,24 @@ def summarize(run_dirs: list[Path], times: Path | None = None) -> str:
     """The markdown summary of `run_dirs` (and of the wall times in `times`)."""
     groups: dict[str, dict[int, dict[str, float]]] = {"off": {}, "on": {}}
     floors: dict[str, dict[str, float]] = {}
+    probes = set()
     for run_dir in run_dirs:
         run: dict[str, Any] = load_run(run_dir)
         flag = run["flags"]["recon"]
+        probe = run["probes"]  # the R² of the run's configured probe (view/features) only
+        probes.add(probe.get("equivariance", "?"))
         if flag in groups:
-            groups[flag][_seed(run_dir)] = run["latest"]
-        floors.update(run["floors"])
+            groups[flag][_seed(run_dir)] = probe_metrics(run["latest"], probe)
+        floors.update({name: probe_metrics(m, probe) for name, m in run["floors"].items()})
     base, recon = groups["off"], groups["on"]
     paired = sorted(set(base) & set(recon))
     lines = [
         f"Seeds: baseline {sorted(base)}, +recon {sorted(recon)}; mean ± sample std over seeds;",
         'Δ = +recon − baseline, paired by seed. ↑/↓: higher/lower is better. "clear": Δ on',
         "the better side in every seed and |mean Δ| > 2 · std(Δ) (issue #14's criterion).",
+        f"Equivariance probe (view/features) of the runs' configs: {', '.join(sorted(probes))}"
+        + (" (they differ: the R² rows mix probes)" if len(probes) > 1 else "")
+        + ".",
         "",
         "| "
         + " | ".join(

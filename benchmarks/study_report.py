@@ -77,7 +77,7 @@ def feature_table(runs: Path, setting: str) -> list[str]:
     for run in sorted(runs.glob(f"{setting}_*_s*")):
         if not run.is_dir():
             continue
-        finals = sorted((run / "evals").glob("step_*.json"))
+        finals = sorted((run / "evals").glob("step_????????.json"))
         if not finals:
             continue
         cells = [_json(finals[-1])["metrics"].get("eval/equivariance/rotation_r2")]
@@ -93,7 +93,7 @@ def mechanism_table(runs: Path, setting: str, seed: int = 0) -> list[str]:
     head = " | ".join(label for _, label in FINAL_KEYS)
     lines = [f"| run (seed {seed}) | {head} |", "|---" * (len(FINAL_KEYS) + 1) + "|"]
     for run in sorted(runs.glob(f"{setting}_*_s{seed}")):
-        finals = sorted((run / "evals").glob("step_*.json")) if run.is_dir() else []
+        finals = sorted((run / "evals").glob("step_????????.json")) if run.is_dir() else []
         if not finals:
             continue
         metrics = _json(finals[-1])["metrics"]

@@ -7,7 +7,9 @@
       checkpoints/step_XXXXXXXX/   one DCP checkpoint per step (pretrain.checkpoint)
       checkpoints/latest           names the newest complete checkpoint
       evals/step_XXXXXXXX.json     a checkpoint's eval results (evals.run)
-      evals/floor_<name>.json      a floor's (raw pixels, random-init ViT)
+      evals/step_XXXXXXXX.<tag>.json   one with other probe settings than the run config's
+                                   (tag e.g. full-global: view, features; equirecon.eval_tasks)
+      evals/floor_<name>.json      a floor's (raw pixels, random-init ViT); floor_<name>.<tag>.json
 
 A file written with `write_text_atomic` goes to a temporary sibling first and is renamed over
 the target, so a reader sees the old file or the new one, never half of one.
@@ -30,6 +32,11 @@ LATEST_FILE = "latest"  # in CHECKPOINTS_DIR: the name of the newest complete ch
 EVALS_DIR = "evals"
 STEP_RE = re.compile(r"^step_(\d{8})$")
 STEP_FILE_RE = re.compile(r"^step_(\d{8})\.json$")
+# A step's (a floor's) results file: the run's configured eval (group 2 None) or one with
+# other probe settings (group 2 its tag, `equirecon.eval_tasks.probe_tag`).
+_TAG = r"(?:\.([A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*))?"
+RESULT_FILE_RE = re.compile(rf"^step_(\d{{8}}){_TAG}\.json$")
+FLOOR_FILE_RE = re.compile(rf"^floor_([A-Za-z0-9_]+){_TAG}\.json$")
 
 
 # --- atomic writes ------------------------------------------------------------------------------
@@ -100,9 +107,14 @@ def checkpoint_step(ckpt: str | Path) -> int:
 # --- eval results ---------------------------------------------------------------------------
 
 
-def step_result_path(run_dir: str | Path, step: int) -> Path:
-    return Path(run_dir) / EVALS_DIR / f"step_{step:08d}.json"
+def step_result_path(run_dir: str | Path, step: int, tag: str | None = None) -> Path:
+    """`evals/step_XXXXXXXX.json`, or with `tag` (another probe's, e.g. "full-global")
+    `evals/step_XXXXXXXX.<tag>.json`."""
+    suffix = f".{tag}" if tag else ""
+    return Path(run_dir) / EVALS_DIR / f"step_{step:08d}{suffix}.json"
 
 
-def floor_result_path(run_dir: str | Path, floor: str) -> Path:
-    return Path(run_dir) / EVALS_DIR / f"floor_{floor}.json"
+def floor_result_path(run_dir: str | Path, floor: str, tag: str | None = None) -> Path:
+    """`evals/floor_<floor>.json`, or with `tag` `evals/floor_<floor>.<tag>.json`."""
+    suffix = f".{tag}" if tag else ""
+    return Path(run_dir) / EVALS_DIR / f"floor_{floor}{suffix}.json"

@@ -22,7 +22,13 @@ import torch
 from equirecon.checks import split_names
 from equirecon.config import EvalConfig
 from equirecon.errors import ConfigError, DataError, MissingPathError, UserError
-from equirecon.eval_tasks import get_task_spec, task_names, task_specs
+from equirecon.eval_tasks import (
+    get_task_spec,
+    qualified_metric,
+    task_names,
+    task_probes,
+    task_specs,
+)
 from evals.providers import FeatureProvider
 from evals.tasks import EvalContext, get_task, registered_tasks
 
@@ -133,6 +139,8 @@ def run_tasks(
     Each task starts from the global RNG seeded with `eval.seed` (restored afterwards), so a
     task's numbers do not depend on which tasks ran before it. A task that raises is logged
     (with its traceback unless it is a `UserError`) and recorded in "failed"; the others run.
+    The metrics of a task with a probe (`EvalTaskSpec.probe`) are given under their names and
+    again under their probe-qualified names (`eval/<task>/<label>/<name>`).
 
     Returns:
         {"metrics": {name: value}, "details": {task: ...}, "task_seconds": {task: s},
@@ -159,7 +167,11 @@ def run_tasks(
                 failed[task], exc_info=not isinstance(err, UserError),  # user errors: one line
             )  # fmt: skip
             continue
+        probes = task_probes([task], eval_cfg)
         metrics.update(task_metrics)
+        for name, value in task_metrics.items():
+            if (qualified := qualified_metric(name, probes)) != name:
+                metrics[qualified] = value
         seconds[task] = round(time.perf_counter() - t0, 2)
         log.info("eval %s (%s) done in %.1fs: %s", task, provider.name, seconds[task], task_metrics)
     return {

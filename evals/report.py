@@ -7,12 +7,18 @@ Writes to OUT (default `reports/<timestamp>`):
 - `plots/<metric>.png`: the metric against the checkpoint step, one line per run (floors as
   dashed horizontal lines);
 and logs the folder as the artifacts of a new MLflow run named "report" in the runs' experiment.
+
+Probe settings (`equirecon.eval_tasks`). Every equivariance number is shown with the probe it
+came from: the column `eval/equivariance/rotation_r2 (full, global)` holds only numbers of view
+full, features global (`(?)`: a result that does not record its probe). The results of every
+probe are read: the run's configured eval (`step_X.json`) and the other probes' files
+(`step_X.<tag>.json`, floors alike), so evals of one checkpoint in two views give two labelled
+columns, never one mixed one.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 import time
@@ -21,8 +27,8 @@ from typing import Any
 
 import yaml
 
-from equirecon.rundir import EVALS_DIR
-from evals.results import read_step_results
+from equirecon.eval_tasks import UNKNOWN_PROBE, split_qualified_metric
+from evals.results import labelled_metrics, read_floor_results, read_step_results, result_probes
 
 FLAG_COLUMNS = ("method", "recon", "transform", "lambda")
 
@@ -39,35 +45,62 @@ def _run_flags(run_dir: Path) -> dict[str, Any]:
         "transform": recon.get("transform", "?") if enabled else "-",
         "lambda": str(recon.get("lambda", "?")) if enabled else "-",
         "tracking": cfg.get("tracking") or {},
+        "probes": result_probes({"eval": cfg.get("eval") or {}}),
     }
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
-    """A run's flags, eval history {metric: [(step, value)]}, latest values and floors."""
+    """A run's flags, eval history {metric: [(step, value)]}, latest values and floors; the
+    metrics of tasks with a probe under their probe-qualified names
+    (`evals.results.labelled_metrics`), "probes" the run config's {task: probe label}."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
-    history: dict[str, list[tuple[int, float]]] = {}
-    for result in read_step_results(run_dir):
-        for name, value in (result.get("metrics") or {}).items():
-            history.setdefault(name, []).append((int(result["step"]), float(value)))
-    latest = {name: points[-1][1] for name, points in history.items()}
-    floors = {}
-    for path in sorted((run_dir / EVALS_DIR).glob("floor_*.json")):
-        try:
-            floors[path.stem[len("floor_") :]] = json.loads(path.read_text()).get("metrics", {})
-        except (OSError, ValueError):
-            continue
-    steps = [p[0] for points in history.values() for p in points]
+    points: dict[str, dict[int, float]] = {}
+    for result in read_step_results(run_dir):  # within a step, the configured eval's file last
+        for name, value in labelled_metrics(result).items():
+            points.setdefault(name, {})[int(result["step"])] = float(value)
+    history = {name: sorted(by_step.items()) for name, by_step in points.items()}
+    latest = {name: values[-1][1] for name, values in history.items()}
+    steps = [p[0] for values in history.values() for p in values]
+    flags = _run_flags(run_dir)
     return {
         "dir": run_dir,
         "name": run_dir.name,
-        "flags": _run_flags(run_dir),
+        "flags": flags,
+        "probes": flags["probes"],
         "history": history,
         "latest": latest,
         "step": max(steps) if steps else None,
-        "floors": floors,
+        "floors": read_floor_results(run_dir),
     }
+
+
+def metric_label(metric: str) -> str:
+    """How the report names a metric: `eval/equivariance/full/global/rotation_r2` ->
+    `eval/equivariance/rotation_r2 (full, global)` (a probe-qualified name: its settings in
+    brackets); other names as they are."""
+    split = split_qualified_metric(metric)
+    if split is None:
+        return metric
+    probe, name = split
+    return f"{name} ({probe.replace('/', ', ')})"
+
+
+def probe_metrics(metrics: dict[str, float], probes: dict[str, str]) -> dict[str, float]:
+    """Labelled `metrics` as seen through one probe per task ({task: label}, e.g. a run's
+    "probes"): its numbers under the interface names (`eval/equivariance/<name>`), the other
+    probes' left out ("?" for a task missing from `probes`: the results that record none), the
+    other metrics as they are (for summaries keyed by the interface names, e.g.
+    benchmarks/repro_summary.py)."""
+    out = {}
+    for name, value in metrics.items():
+        split = split_qualified_metric(name)
+        if split is None:
+            out[name] = value
+        elif probes.get(split[1].split("/")[1], UNKNOWN_PROBE) == split[0]:
+            out[split[1]] = value
+    return out
 
 
 def _fmt(value: Any) -> str:
@@ -87,19 +120,26 @@ def _unique_names(runs: list[dict[str, Any]]) -> None:
             run["name"] = str(run["dir"])
 
 
+def _labelled(values: dict[str, float]) -> dict[str, float]:
+    return {metric_label(name): value for name, value in values.items()}
+
+
 def build_table(runs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
-    """(columns, rows): run, flags, step, then every metric seen (sorted)."""
-    metrics = sorted({m for r in runs for m in r["latest"]} | {
+    """(columns, rows): run, flags, step, then every metric seen, by its label (`metric_label`:
+    equivariance numbers with their probe settings), sorted."""
+    metrics = {m for r in runs for m in r["latest"]} | {
         m for r in runs for f in r["floors"].values() for m in f
-    })  # fmt: skip
-    columns = ["run", *FLAG_COLUMNS, "step", *metrics]
+    }
+    columns = ["run", *FLAG_COLUMNS, "step", *sorted({metric_label(m) for m in metrics})]
     rows = []
     for run in runs:
         flags = {k: run["flags"][k] for k in FLAG_COLUMNS}
-        rows.append({"run": run["name"], **flags, "step": run["step"], **run["latest"]})
+        latest = _labelled(run["latest"])
+        rows.append({"run": run["name"], **flags, "step": run["step"], **latest})
         for floor, values in run["floors"].items():
             blank = dict.fromkeys(FLAG_COLUMNS, "-")
-            rows.append({"run": f"{run['name']} [{floor} floor]", **blank, "step": None, **values})
+            floor_row = {"run": f"{run['name']} [{floor} floor]", **blank, "step": None}
+            rows.append({**floor_row, **_labelled(values)})
     return columns, rows
 
 
@@ -117,7 +157,7 @@ def plot_metrics(runs: list[dict[str, Any]], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    metrics = sorted({m for r in runs for m in r["history"]})
+    metrics = sorted({m for r in runs for m in r["history"]}, key=metric_label)
     paths = []
     for metric in metrics:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -137,8 +177,8 @@ def plot_metrics(runs: list[dict[str, Any]], out: Path) -> list[Path]:
                         label=f"{run['name']} [{floor} floor]",
                     )
         ax.set_xlabel("step")
-        ax.set_ylabel(metric)
-        ax.set_title(metric)
+        ax.set_ylabel(metric_label(metric))
+        ax.set_title(metric_label(metric))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()

@@ -13,6 +13,15 @@ subset the dataset root lacks (recorded under "skipped", with the reason); a tas
 
 A checkpoint's results go to `RUN_DIR/evals/step_XXXXXXXX.json` and into the run's MLflow run at
 the checkpoint's step; a floor's to `RUN_DIR/evals/floor_<name>.json` (files only).
+
+Probe settings (`equirecon.eval_tasks`). The metrics of a task with a probe carry its label in
+their names as well (equivariance: `eval/equivariance/<view>/<features>/<transform>_r2`). An eval
+whose probe label differs from the run config's (another `eval.equivariance.view`, `.features` or
+`.grid`, by overrides or `--config`) is written to `step_XXXXXXXX.<tag>.json`
+(`floor_<name>.<tag>.json`; tag e.g. `full-global`), never over the run's own file, and logs
+to MLflow only the qualified names of that task: the interface names of the run's MLflow record
+(`eval/equivariance/<transform>_r2`) stay those of its configured probe. The results file holds
+both names either way.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import torch
 
 from equirecon.config import Config, EvalConfig, apply_overrides, load_config
 from equirecon.errors import ConfigError
+from equirecon.eval_tasks import is_unqualified_metric, probe_tag, task_probes
 from equirecon.rundir import checkpoint_step, floor_result_path, step_result_path
 from equirecon.tracking import log_to_existing_run
 from evals.dispatch import explicit_tasks, parse_tasks, plan_tasks, run_tasks
@@ -89,7 +99,9 @@ def evaluate_checkpoint(
         log_mlflow: log the metrics into the run's MLflow run at the checkpoint's step.
         floor: None (the checkpoint's teacher backbone), "pixels" or "random" (a random-init
             ViT of the same shape); floors are written to `evals/floor_<name>.json` only.
-        out: the results JSON; None: `RUN_DIR/evals/step_XXXXXXXX.json` (or the floor file).
+        out: the results JSON; None: `RUN_DIR/evals/step_XXXXXXXX.json` (or the floor file),
+            `step_XXXXXXXX.<tag>.json` where a task's probe is not the run config's (see the
+            module docstring).
         device: "cpu", "cuda", ...; None: CUDA when available.
         config: a YAML config whose eval section replaces the checkpoint's.
         progress: show progress bars.
@@ -104,11 +116,14 @@ def evaluate_checkpoint(
     """
     ckpt = resolve_checkpoint(ckpt)
     cfg = checkpoint_config(ckpt)
+    run_eval = cfg.eval  # the run's configured eval settings
     cfg.eval = _apply_eval_settings(cfg.eval, config, overrides)
     e = cfg.eval
     task_list = parse_tasks(tasks, e.tasks)
     data = data or e.data or cfg.data.path
     to_run, skipped = plan_tasks(task_list, data, explicit_tasks(tasks))
+    configured = task_probes(to_run, run_eval)
+    other_probes = {t: p for t, p in task_probes(to_run, e).items() if p != configured.get(t)}
     backbone, split_head, cfg = load_teacher_encoder(ckpt, cfg)
     provider = build_provider(
         backbone,
@@ -136,10 +151,18 @@ def evaluate_checkpoint(
         e,
     )
     if out is None:
-        out = floor_result_path(run_dir, floor) if floor else step_result_path(run_dir, step)
+        tag = probe_tag(other_probes) if other_probes else None
+        if floor:
+            out = floor_result_path(run_dir, floor, tag)
+        else:
+            out = step_result_path(run_dir, step, tag)
     write_result(result, out)
     if log_mlflow and floor is None and cfg.tracking.enabled:
-        finite = {k: v for k, v in outcome["metrics"].items() if math.isfinite(v)}
+        finite = {
+            k: v
+            for k, v in outcome["metrics"].items()
+            if math.isfinite(v) and not is_unqualified_metric(k, other_probes)
+        }
         result["mlflow_run_id"] = log_to_existing_run(run_dir, finite, step, cfg.tracking.uri)
     return result
 

@@ -28,7 +28,7 @@ from pathlib import Path
 run = Path(sys.argv[1])
 rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l]
 first, last = rows[0], rows[-1]
-evals = sorted((run / "evals").glob("step_*.json"))
+evals = sorted((run / "evals").glob("step_????????.json"))
 result = json.loads(evals[-1].read_text()) if evals else {}
 metrics = result.get("metrics", {})
 floors = {}
@@ -46,7 +46,7 @@ print(f"\nequivariance R² ({probe.get('view', '?')} view: no zero fill visible;
       f"features {probe.get('features', '?')}), beside its floors:")
 print(f"{'metric':<34} {'model':>11} {'pixels':>11} {'random ViT':>11}")
 for k, v in metrics.items():
-    if k.startswith("eval/equivariance/"):
+    if k.startswith("eval/equivariance/") and k.count("/") == 2:  # not the probe-qualified copies
         cells = [floors[f].get(k) for f in ("pixels", "random")]
         text = " ".join(f"{c:>11.4f}" if c is not None else f"{'-':>11}" for c in cells)
         print(f"{k:<34} {v:>11.4f} {text}")

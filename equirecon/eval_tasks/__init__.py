@@ -12,13 +12,21 @@ Every evaluation task is declared twice under one name, in two files and nowhere
 
 Both packages import each of their modules on import, so adding a task is adding these two files
 (and their tests); `tests/evals/test_task_registry.py` checks the two registries agree.
+
+Probe settings. A task whose numbers depend on settings that make them incomparable (the
+equivariance probe's view and features) gives its spec a `probe`: the label of those settings,
+e.g. "full/global". Its results are then kept apart by label: each metric `eval/<task>/<name>`
+is also reported as `eval/<task>/<label>/<name>` (`qualified_metric`, added by the dispatcher),
+and an eval whose label is not the run config's writes its own results file
+(`step_X.<tag>.json`, `probe_tag`) and logs only the qualified names to MLflow (`evals.run`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from equirecon.checks import Rule
 from equirecon.registry import import_submodules
@@ -40,6 +48,9 @@ class EvalTaskSpec:
         data: the subsets of a dataset root the task reads (`natural`, `labelled`,
             `segmentation`, `depth`), train and val split of each. Where one is missing the task
             is skipped, or, named in `eval --tasks`, refused (`evals.dispatch.plan_tasks`).
+        probe: the label of the settings that make the task's numbers incomparable, from its
+            settings (the dataclass, or its dict as saved; None where the dict does not record
+            them); None: the task has no such settings (see "Probe settings" above).
     """
 
     name: str
@@ -48,6 +59,7 @@ class EvalTaskSpec:
     order: int = 100
     summary: str = ""
     data: tuple[str, ...] = ()
+    probe: Callable[[Any], str | None] | None = None
 
     def value_checks(self) -> list[tuple[str, Rule]]:
         """(dotted key `eval.<name>.<field>`, rule) rows, in field order."""
@@ -97,6 +109,75 @@ def get_task_spec(name: str) -> EvalTaskSpec:
     return _SPECS[name]
 
 
+# --- probe settings in metric and file names ------------------------------------------------
+
+UNKNOWN_PROBE = "?"
+"""The label of a result that does not record its probe settings (written by hand, or before
+they existed); never logged, only shown by `equirecon report`."""
+
+
+def task_probes(tasks: Iterable[str], settings: Any) -> dict[str, str]:
+    """{task: probe label} of the tasks among `tasks` that have a probe, under the `eval`
+    settings `settings` (an `EvalConfig`, or its dict as saved: tasks it records no probe of are
+    left out)."""
+    probes = {}
+    for name in tasks:
+        spec = _SPECS.get(name)
+        if spec is None or spec.probe is None:
+            continue
+        if isinstance(settings, Mapping):
+            section = settings.get(name)
+            label = spec.probe(section) if isinstance(section, Mapping) else None
+        else:
+            label = spec.probe(getattr(settings, name))
+        if label is not None:
+            probes[name] = label
+    return probes
+
+
+def probe_tag(probes: Mapping[str, str]) -> str:
+    """The results-file tag of probe labels: {"equivariance": "full/global"} -> "full-global"
+    (several joined by ".")."""
+    return ".".join(label.replace("/", "-") for _, label in sorted(probes.items()))
+
+
+def is_unqualified_metric(metric: str, tasks: Iterable[str]) -> bool:
+    """Whether `metric` is `eval/<task>/<name>` of one of `tasks` (no probe label in it)."""
+    parts = metric.split("/")
+    return len(parts) == 3 and parts[0] == "eval" and parts[1] in set(tasks)
+
+
+def qualified_metric(metric: str, probes: Mapping[str, str]) -> str:
+    """`eval/<task>/<name>` -> `eval/<task>/<label>/<name>` for a task of `probes`; any other
+    name as it is."""
+    if not is_unqualified_metric(metric, probes):
+        return metric
+    _, task, name = metric.split("/")
+    return f"eval/{task}/{probes[task]}/{name}"
+
+
+def split_qualified_metric(metric: str) -> tuple[str, str] | None:
+    """`eval/<task>/<label>/<name>` of a task with a probe -> (label, `eval/<task>/<name>`);
+    None for any other name."""
+    parts = metric.split("/")
+    spec = _SPECS.get(parts[1]) if len(parts) >= 4 and parts[0] == "eval" else None
+    if spec is None or spec.probe is None or not all(parts):
+        return None
+    return "/".join(parts[2:-1]), f"eval/{parts[1]}/{parts[-1]}"
+
+
 import_submodules(__name__, __path__)  # every spec module registers itself
 
-__all__ = ["EvalTaskSpec", "get_task_spec", "register_task_spec", "task_names", "task_specs"]
+__all__ = [
+    "UNKNOWN_PROBE",
+    "EvalTaskSpec",
+    "get_task_spec",
+    "is_unqualified_metric",
+    "probe_tag",
+    "qualified_metric",
+    "register_task_spec",
+    "split_qualified_metric",
+    "task_names",
+    "task_probes",
+    "task_specs",
+]

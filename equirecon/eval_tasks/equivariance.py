@@ -2,9 +2,16 @@
 
 On the natural subset: for each transform g, an MLP h fitted to read θ off (f(I), f(g_θ(I)))
 (evals/equivariance.py).
+
+Its probe label (`settings_probe`, see `equirecon.eval_tasks`: "Probe settings") is
+`<view>/<features>`, features `global`, `equi` or `grid<N>` (features=grid, grid=N): every R² is
+also `eval/equivariance/<view>/<features>/<transform>_r2`, and an eval with another view or
+features than the run config's writes `evals/step_X.<view>-<features>.json`.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from equirecon.checks import NON_NEGATIVE, POSITIVE, TRANSFORMS, name_list, one_of
 from equirecon.eval_tasks import EvalTaskSpec, register_task_spec
@@ -36,6 +43,23 @@ class EquivarianceSettings:
     hidden: int = 1024  # width of h
 
 
+def settings_probe(settings: EquivarianceSettings | Mapping[str, Any]) -> str | None:
+    """`<view>/<features>` of `eval.equivariance` settings, e.g. "context/global", "full/grid2"
+    (grid0: the full patch grid); None for a dict (as saved) that records no view (written
+    before views existed)."""
+    if isinstance(settings, Mapping):
+        if not settings.get("view"):
+            return None
+        view = settings["view"]
+        features = settings.get("features") or EquivarianceSettings.features
+        grid = settings.get("grid")
+    else:
+        view, features, grid = settings.view, settings.features, settings.grid
+    if features == "grid":
+        features = f"grid{int(grid if grid is not None else EquivarianceSettings.grid)}"
+    return f"{view}/{features}"
+
+
 SPEC = register_task_spec(
     EvalTaskSpec(
         name="equivariance",
@@ -54,6 +78,8 @@ SPEC = register_task_spec(
         },
         order=10,
         data=("natural",),
-        summary="R² of an MLP reading each transform's θ off f(I), f(g(I)): eval/equivariance/*_r2",
+        summary="R² of an MLP reading each transform's θ off f(I), f(g(I)): "
+        "eval/equivariance/[<view>/<features>/]*_r2",
+        probe=settings_probe,
     )
 )

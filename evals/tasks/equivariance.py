@@ -1,4 +1,8 @@
-"""Equivariance R² (`eval.equivariance.*`): `eval/equivariance/<transform>_r2` (evals/equivariance.py)."""
+"""Equivariance R² (`eval.equivariance.*`): `eval/equivariance/<transform>_r2` (evals/equivariance.py).
+
+The dispatcher adds each under its probe-qualified name too,
+`eval/equivariance/<view>/<features>/<transform>_r2` (`equirecon.eval_tasks.equivariance`).
+"""
 
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ from tests.test_end_to_end import make_cfg
 pytestmark = pytest.mark.slow
 
 TRANSFORMS = ("rotation", "translation", "se2", "color", "blur")
-METRICS = {f"eval/equivariance/{t}_r2" for t in TRANSFORMS} | {
+# The interface names, and the same numbers under their probe's (the default: context, global).
+METRICS = {f"eval/equivariance/{p}{t}_r2" for t in TRANSFORMS for p in ("", "context/global/")} | {
     "eval/knn/top1",
     "eval/linear/top1",
     "eval/homography/mce",
