@@ -10,6 +10,8 @@
 #   lambda0  g on, λ = 0: the rotation in the SSL views, decoders present but untrained
 #   control  lambda0 + recon.theta_head_weight=1: a head regresses θ from the global vectors
 #            [CLS; mean patch] of f(u) and f(g_θ u) (an extra backbone pass over u)
+#   control25  the same head at weight 25 (VICReg's invariance and variance weights)
+# ARMS (default "lambda0 control") chooses the arms; they train side by side.
 # The two arms of a seed train side by side, one thread each. Each final checkpoint, and the
 # floors (random-init ViT, raw pixels), get the study probe (configs/study/vicreg_rot_*.yaml
 # eval section: global [CLS; mean patch], 1,024 x 8 θ draws, 30 epochs, 512 held-out images)
@@ -40,7 +42,10 @@ if [[ "${TINY:-0}" == 1 ]]; then
   PROBE+=(eval.equivariance.train_images=32 eval.equivariance.test_images=16
     eval.equivariance.views_per_image=2 eval.equivariance.epochs=1)
 fi
-declare -A ARM=([lambda0]="" [control]="recon.theta_head_weight=1")
+declare -A ARM=([lambda0]="" [control]="recon.theta_head_weight=1"
+  [control25]="recon.theta_head_weight=25")
+read -r -a ARM_LIST <<< "${ARMS:-lambda0 control}"
+export ARMS="${ARM_LIST[*]}"
 
 pretrain() {  # pretrain ARM SEED
   local run="$RUNS/$1_s$2"
@@ -71,13 +76,13 @@ probe() {  # probe RUN TAG [--floor F]: both views of the final checkpoint, one 
 IFS=',' read -r -a SEED_LIST <<< "$SEEDS"
 for seed in "${SEED_LIST[@]}"; do
   pids=()
-  for arm in lambda0 control; do
+  for arm in "${ARM_LIST[@]}"; do
     pretrain "$arm" "$seed" >> "$RUNS/${arm}_s$seed.log" 2>&1 &
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid"; done
   pids=()
-  for arm in lambda0 control; do
+  for arm in "${ARM_LIST[@]}"; do
     probe "$RUNS/${arm}_s$seed" model >> "$RUNS/${arm}_s$seed.eval.log" 2>&1 &
     pids+=($!)
   done
@@ -93,7 +98,7 @@ done
 for pid in "${pids[@]}"; do wait "$pid"; done
 
 .venv/bin/python - "$RUNS" "$OUT" "${SEED_LIST[@]}" <<'PY'
-import json, sys
+import json, os, sys
 from pathlib import Path
 
 runs, out, seeds = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
@@ -111,9 +116,12 @@ def r2(path: Path, transform: str) -> float | None:
 rows = ["| view | arm | seed | rotation R² | SE(2) R² |", "|---|---|---|---:|---:|"]
 fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
 for view in ("full", "context"):
-    for arm in ("lambda0", "control"):
+    arms = sorted({*os.environ["ARMS"].split(), *(p.name.rsplit("_s", 1)[0] for p in runs.glob("*_s*") if p.is_dir())})
+    for arm in arms:
         for seed in seeds:
             f = runs / f"{arm}_s{seed}" / "evals" / f"model_{view}.json"
+            if not f.parent.is_dir():
+                continue
             rows.append(f"| {view} | {arm} | {seed} | {fmt(r2(f, 'rotation'))} | {fmt(r2(f, 'se2'))} |")
     for floor in ("random", "pixels"):
         f = first / f"floor_{floor}_{view}.json"
