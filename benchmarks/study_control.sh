@@ -11,6 +11,7 @@
 #   control  lambda0 + recon.theta_head_weight=1: a head regresses θ from the global vectors
 #            [CLS; mean patch] of f(u) and f(g_θ u) (an extra backbone pass over u)
 #   control25  the same head at weight 25 (VICReg's invariance and variance weights)
+#   thetaonly  the head alone: VICReg's three weights 0, 600 steps (can this ViT learn θ?)
 # ARMS (default "lambda0 control") chooses the arms; they train side by side.
 # The two arms of a seed train side by side, one thread each. Each final checkpoint, and the
 # floors (random-init ViT, raw pixels), get the study probe (configs/study/vicreg_rot_*.yaml
@@ -43,7 +44,9 @@ if [[ "${TINY:-0}" == 1 ]]; then
     eval.equivariance.views_per_image=2 eval.equivariance.epochs=1)
 fi
 declare -A ARM=([lambda0]="" [control]="recon.theta_head_weight=1"
-  [control25]="recon.theta_head_weight=25")
+  [control25]="recon.theta_head_weight=25"
+  [thetaonly]="recon.theta_head_weight=1 method.vicreg_sim_weight=0 method.vicreg_var_weight=0
+    method.vicreg_cov_weight=0 train.max_steps=600 checkpoint.every_steps=600")
 read -r -a ARM_LIST <<< "${ARMS:-lambda0 control}"
 export ARMS="${ARM_LIST[*]}"
 
