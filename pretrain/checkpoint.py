@@ -112,14 +112,23 @@ def note_resume_point(err: StorageError, ckpt_root: str | Path) -> StorageError:
         return err.update(
             checkpoint="none yet", then="rerun the same command: it starts from step 0"
         )
+    return err.update(
+        checkpoint=describe_resume_point(ckpt_root),
+        then=f"rerun the same command: it resumes from {found.name}",
+    )
+
+
+def describe_resume_point(ckpt_root: str | Path) -> str:
+    """The checkpoint a rerun resumes from, as error lines name it: `step_N (checkpoints/latest)`
+    (or `(checkpoints/step_N)` when `latest` does not name it), `none yet` without one."""
+    found = latest_checkpoint(ckpt_root)
+    if found is None:
+        return "none yet"
     named = (Path(ckpt_root) / LATEST_FILE).is_file() and (
         (Path(ckpt_root) / LATEST_FILE).read_text().strip() == found.name
     )
     where = f"{CHECKPOINTS_DIR}/{LATEST_FILE}" if named else f"{CHECKPOINTS_DIR}/{found.name}"
-    return err.update(
-        checkpoint=f"{found.name} ({where})",
-        then=f"rerun the same command: it resumes from {found.name}",
-    )
+    return f"{found.name} ({where})"
 
 
 def state_bytes(state: Any) -> int:

@@ -116,7 +116,7 @@ class ReconBranch:
             build_transform(r.transform, self.image_size) if self.enabled else None
         )
         self.batch_slice: tuple[int, int] = (0, 1)
-        self.theta_weight = float(getattr(r, "theta_head_weight", 0.0))
+        self.theta_weight = float(r.theta_head_weight)
 
     # ---- build time -----------------------------------------------------------------------
     def build_split_head(self, embed_dim: int) -> SplitHead | None:

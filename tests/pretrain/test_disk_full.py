@@ -62,6 +62,20 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[int, f
     return losses
 
 
+def _fail_checkpoint_mkdir(
+    monkeypatch: pytest.MonkeyPatch, error: type[OSError], code: int
+) -> None:
+    """Inject `error(code)` where the step-4 checkpoint's temporary folder is made."""
+    real_mkdir = Path.mkdir
+
+    def mkdir(path: Path, *a, **k) -> None:  # noqa: ANN002, ANN003
+        if path.name == ".tmp_step_00000004":
+            raise error(code, os.strerror(code), str(path))
+        return real_mkdir(path, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+
+
 def _fails(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
     """Run the command (expecting exit code 3); its error line and hint line."""
     capsys.readouterr()
@@ -255,14 +269,7 @@ def test_read_only_run_directory(
                 if variant == "tmpfs":
                     remount(mnt, read_only=True)
                 else:
-                    real_mkdir = Path.mkdir
-
-                    def mkdir(path: Path, *a, **k) -> None:  # noqa: ANN002, ANN003
-                        if path.name == ".tmp_step_00000004":
-                            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-                        return real_mkdir(path, *a, **k)
-
-                    monkeypatch.setattr(Path, "mkdir", mkdir)
+                    _fail_checkpoint_mkdir(monkeypatch, OSError, errno.EROFS)
             return real_save(self, step, *args, **kwargs)
 
         monkeypatch.setattr(checkpoint_module.Checkpointer, "save", save)
@@ -333,14 +340,7 @@ def test_no_write_permission_on_the_checkpoints(
         assert len(lines) == 2, proc.stderr[-3000:]
         line, hint = lines[0][len("equirecon: error: ") :], lines[1]
     else:
-        real_mkdir = Path.mkdir
-
-        def mkdir(path: Path, *a, **k) -> None:  # noqa: ANN002, ANN003
-            if path.name == ".tmp_step_00000004":
-                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
-            return real_mkdir(path, *a, **k)
-
-        monkeypatch.setattr(Path, "mkdir", mkdir)
+        _fail_checkpoint_mkdir(monkeypatch, PermissionError, errno.EACCES)
         line, hint = _fails(_args(run_dir), capsys)
         monkeypatch.undo()
     assert line == (
