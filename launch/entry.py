@@ -19,8 +19,8 @@ from equirecon.rundir import CHECKPOINTS_DIR
 from equirecon.storage import as_storage_error
 from evals.watch import background_watcher
 from launch.signals import StopFlag
-from pretrain.checkpoint import latest_checkpoint, note_resume_point
-from pretrain.distributed import DistInfo, peer_lost_reason
+from pretrain.checkpoint import describe_resume_point, note_resume_point
+from pretrain.distributed import DistInfo, destroy, peer_lost_reason
 from pretrain.train import Trainer
 
 log = logging.getLogger("equirecon.pretrain")
@@ -84,6 +84,9 @@ def run_pretraining(
         reason = peer_lost_reason(err)
         if reason is None:
             raise
+        # Tear the broken process group down now: left to interpreter exit, gloo's threads
+        # can abort the process (SIGABRT, "terminate called without an active exception").
+        destroy()
         raise _peer_lost(reason, trainer, Path(cfg.run.dir) / CHECKPOINTS_DIR) from err
     finally:
         if installed is not None:  # a process that goes on must not keep record-only handlers
@@ -94,11 +97,9 @@ def run_pretraining(
 def _peer_lost(reason: str, trainer: Trainer | None, ckpt_root: Path) -> PeerLostError:
     """One line: this rank, the step, the backend's reason and the checkpoint to resume from."""
     where = "" if trainer is None else f"rank {trainer.dist.rank} at step {trainer.step + 1}: "
-    found = latest_checkpoint(ckpt_root)
-    intact = f"{found.name} ({CHECKPOINTS_DIR}/latest)" if found is not None else "none yet"
     return PeerLostError(
         f"{where}another rank of the run is gone, a collective failed ({reason}); "
-        f"intact checkpoint: {intact}"
+        f"intact checkpoint: {describe_resume_point(ckpt_root)}"
     )
 
 
