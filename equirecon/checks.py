@@ -18,6 +18,9 @@ Rule = tuple[Callable[[Any], bool], str | Callable[[], str]]
 # tests/equirecon/test_value_checks.py keeps the two in step.
 TRANSFORMS = ("rotation", "translation", "se2", "color", "blur")
 
+# What a geometric g's zero fill shows in training (recon.fill): data_pipeline/transforms/fill.py.
+FILLS = ("zero", "disk")
+
 
 def ge(lo: float) -> Rule:
     return (lambda v: v >= lo), f">= {lo:g}"
@@ -88,6 +91,7 @@ __all__ = [
     "POSITIVE",
     "PROBABILITY",
     "TRANSFORMS",
+    "FILLS",
     "UNIT",
     "Rule",
     "ge",

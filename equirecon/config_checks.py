@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from equirecon.checks import (
+    FILLS,
     NON_NEGATIVE,
     POSITIVE,
     PROBABILITY,
@@ -133,6 +134,7 @@ VALUE_CHECKS: tuple[tuple[str, Rule], ...] = (
     ("recon.decoder_kernel", ((lambda v: v >= 1 and v % 2 == 1), "an odd integer >= 1")),
     ("recon.log_images_every", NON_NEGATIVE),
     ("recon.theta_head_weight", NON_NEGATIVE),
+    ("recon.fill", one_of(FILLS)),
     ("split.d_patch", ge(2)),
     ("train.max_steps", POSITIVE),
     ("train.batch_size", POSITIVE),
@@ -211,6 +213,11 @@ def validate(cfg: Config) -> None:
             f"recon.theta_head_weight={cfg.recon.theta_head_weight}: the θ-regression control "
             f"needs recon.enabled=true (g_θ) and a teacher-free method (vicreg, simclr), "
             f"got recon.enabled={cfg.recon.enabled}, method.name={cfg.method.name}"
+        )
+    if cfg.recon.fill != "zero" and not cfg.recon.enabled:
+        raise ConfigError(
+            f"recon.fill={cfg.recon.fill}: hiding g_θ's fill needs g (recon.enabled=true); "
+            "without g no view has a fill (leave recon.fill=zero)"
         )
     patch = arch_patch_size(cfg)
     if patch is not None:

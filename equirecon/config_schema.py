@@ -136,6 +136,11 @@ class ReconConfig:
     # [CLS; mean patch] of u and g_θ(u) (an extra backbone pass over u), added to the loss, so
     # that training must put θ into the global vector. 0: off. VICReg/SimCLR only.
     theta_head_weight: float = 0.0
+    # What the zero fill of a geometric g shows in training (issue #25 point 4): "zero" (the
+    # paper: black corners that tell θ from v2 alone); "disk": v1, v2, u and the targets u_k
+    # are masked to the inscribed disk, so θ can be told only from the content.
+    # data_pipeline/transforms/fill.py
+    fill: str = "zero"
 
 
 @dataclass

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from data_pipeline.transforms import EquiTransform
+from data_pipeline.transforms.fill import DISK_MARGIN, mask_to_disk
 from evals.features import FeatureFn, extract_features, to_cpu_features
 
 EQUIVARIANCE_VIEWS = ("context", "disk", "full")
@@ -63,19 +64,6 @@ def center_crop(images: Tensor, size: int) -> Tensor:
     return images[..., top : top + size, left : left + size]
 
 
-def inscribed_disk(size: int, margin: float = 0.0, device: torch.device | str = "cpu") -> Tensor:
-    """(size, size) float mask: 1 where the pixel centre is inside the inscribed disk shrunk by
-    `margin` pixels."""
-    c = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) - size / 2
-    radius = size / 2 - margin
-    return ((c[:, None] ** 2 + c[None, :] ** 2) <= radius**2).float()
-
-
-DISK_MARGIN = 1.5
-"""Pixels between the probe's disk and the image border: bilinear resampling pulls the zero fill
-into the outermost pixel ring, whose θ-dependent pattern would otherwise give θ away."""
-
-
 class ProbeView:
     """Makes the two images the probe compares, I and g_θ(I), from a batch of source images.
 
@@ -101,7 +89,7 @@ class ProbeView:
         if self.view == "context":
             return center_crop(images, self.size)
         if self.view == "disk":
-            return images * inscribed_disk(self.size, DISK_MARGIN, images.device)
+            return mask_to_disk(images, DISK_MARGIN)
         return images
 
     def plain(self, sources: Tensor) -> Tensor:

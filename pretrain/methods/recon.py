@@ -15,6 +15,10 @@ At build time it makes the split head (`build_split_head`) and the decoders (`bu
 the method places them where checkpoints expect them (``student.encoder.split_head``,
 ``student.decoders``). With ``recon.enabled=false`` there is no split head, no decoders and no
 g: the views are ``[v1; u]`` and the loss is L_SSL, i.e. the plain base method.
+
+``recon.fill=disk`` (a study option, not the paper's) masks v1, u, v2 and the targets to the disk
+inscribed in the crop, so that no view shows the zero fill's θ-dependent shape and θ can only
+be told from the content (data_pipeline/transforms/fill.py).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from torch import nn
 
 from data_pipeline.batch import Batch
 from data_pipeline.transforms import EquiTransform, build_transform
+from data_pipeline.transforms.fill import disk_margin, mask_to_disk
 from pretrain.losses import recon_loss
 from pretrain.methods.step_output import N_LOGGED_IMAGES, StepOutput
 from pretrain.models.decoder import ReconDecoder
@@ -117,6 +122,7 @@ class ReconBranch:
         )
         self.batch_slice: tuple[int, int] = (0, 1)
         self.theta_weight = float(r.theta_head_weight)
+        self.fill = str(r.fill)
 
     # ---- build time -----------------------------------------------------------------------
     def build_split_head(self, embed_dim: int) -> SplitHead | None:
@@ -164,6 +170,10 @@ class ReconBranch:
         theta = theta[index * b : (index + 1) * b]
         v2 = self.transform.apply(u, theta)
         targets = self.transform.intermediates(u, theta, self.k)
+        if self.fill == "disk":  # θ from the content only: no view shows the fill's shape
+            margin = disk_margin(self.transform)
+            v1, u, v2 = (mask_to_disk(x, margin) for x in (v1, u, v2))
+            targets = [mask_to_disk(t, margin) for t in targets]
         source = u if self.theta_weight > 0 else None
         return ReconViews(torch.cat([v1, v2]), targets, theta, source)
 

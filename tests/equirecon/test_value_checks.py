@@ -7,6 +7,7 @@ import pytest
 
 import data_pipeline.backends  # noqa: F401  (hands data.backend's names to the config checks)
 import pretrain.strategies  # noqa: F401  (hands train.strategy's names to the config checks)
+from equirecon.checks import FILLS
 from equirecon.config import (
     POOLINGS,
     TRANSFORMS,
@@ -68,6 +69,7 @@ BAD_VALUES = {
     "recon.decoder_kernel": "2",
     "recon.log_images_every": "-1",
     "recon.theta_head_weight": "-0.5",
+    "recon.fill": "crop",
     "split.d_patch": "1",
     "train.max_steps": "0",
     "train.batch_size": "0",
@@ -174,11 +176,12 @@ def test_limits_themselves_are_valid() -> None:
 
 
 def test_choice_lists_match_their_registries() -> None:
-    from data_pipeline.transforms import list_transforms
+    from data_pipeline.transforms import fill, list_transforms
     from evals import equivariance, features
     from evals.tasks import registered_tasks
 
     assert sorted(TRANSFORMS) == list_transforms()
+    assert FILLS == fill.FILLS
     assert POOLINGS == features.POOLINGS
     assert EQUIVARIANCE_FEATURES == features.EQUIVARIANCE_FEATURES
     assert EQUIVARIANCE_VIEWS == equivariance.EQUIVARIANCE_VIEWS

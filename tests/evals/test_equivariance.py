@@ -17,14 +17,8 @@ from torch import nn
 
 from data_pipeline.batch import IMAGENET_MEAN, IMAGENET_STD
 from data_pipeline.transforms import build_transform
-from evals.equivariance import (
-    DISK_MARGIN,
-    ProbeView,
-    center_crop,
-    context_size,
-    equivariance_r2,
-    inscribed_disk,
-)
+from data_pipeline.transforms.fill import DISK_MARGIN, inscribed_disk
+from evals.equivariance import ProbeView, center_crop, context_size, equivariance_r2
 from evals.features import backbone_feature_fn, extract_features
 
 SIZE = 32
