@@ -19,6 +19,8 @@ data of a config (its real loader, its g_θ, its K targets u_k = g_{kθ/(K+1)}(u
 
     python benchmarks/recon_levels.py --config configs/study/vicreg_recon.yaml --steps 600
 
+With `recon.fill=disk` among the overrides, views and targets are masked as in that training.
+
 A table is printed and, with --out, written as JSON. The gaps tell where the chain can break:
 copy-v2 minus inverse is what knowing θ is worth to the loss; decoder(pixels) vs decoder
 (pixels + θ) is whether this decoder can infer θ and move content across patches by itself.
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from data_pipeline.multicrop import multicrop_kwargs
     from data_pipeline.torch_reader.loader import build_train_loader
     from data_pipeline.transforms import build_transform
+    from data_pipeline.transforms.fill import disk_margin, mask_to_disk
     from equirecon.config import load_config
     from pretrain.losses.recon import recon_loss
     from pretrain.models.decoder import ReconDecoder
@@ -87,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     def sample(v1: torch.Tensor, u: torch.Tensor, g: torch.Generator):
         theta = transform.sample(u.shape[0], generator=g)
         v2 = transform.apply(u, theta)
-        return v1, v2, theta, transform.intermediates(u, theta, k)
+        targets = transform.intermediates(u, theta, k)
+        if cfg.recon.fill == "disk":  # as the training's views (pretrain/methods/recon.py)
+            margin = disk_margin(transform)
+            v1, v2 = mask_to_disk(v1, margin), mask_to_disk(v2, margin)
+            targets = [mask_to_disk(t, margin) for t in targets]
+        return v1, v2, theta, targets
 
     def lowpass(x: torch.Tensor) -> torch.Tensor:
         small = F.interpolate(x, size=(grid, grid), mode="area")

@@ -99,6 +99,25 @@ def test_recon_levels_order(tmp_path: Path, demo_data: Path) -> None:
     assert 0 < frozen < rows["zero (dataset mean)"]
 
 
+def test_recon_levels_in_disk_mode_score_the_masked_targets(
+    tmp_path: Path, demo_data: Path
+) -> None:
+    """recon.fill=disk: the levels are those of the training's masked views and targets."""
+    overrides = [o for o in TINY_OVERRIDES if o.split("=")[0].startswith(("data.", "model."))]
+    levels = {}
+    for fill in ("zero", "disk"):
+        out = tmp_path / f"{fill}.json"
+        argv = ["--config", "configs/demo_cpu.yaml", "--pool", "1", "--eval-batches", "2"]
+        argv += ["--decoders", "no decoder", "--out", str(out), f"data.path={demo_data}"]
+        argv += [*overrides, "recon.transform=rotation", "data.global_size=32"]
+        argv += ["train.batch_size=16", f"recon.fill={fill}"]
+        assert recon_levels.main(argv) == 0
+        levels[fill] = {r["predictor"]: r["l_recon"] for r in json.loads(out.read_text())["rows"]}
+    # outside the disk every target is 0: predicting 0 there is free
+    assert levels["disk"]["zero (dataset mean)"] < 0.9 * levels["zero"]["zero (dataset mean)"]
+    assert levels["disk"]["inverse of v2 (θ known)"] < levels["disk"]["copy v2"]
+
+
 def test_grad_ratio_per_checkpoint(tmp_path: Path, demo_data: Path, tracking_uri: str) -> None:
     from benchmarks import grad_ratio
     from launch.entry import pretrain

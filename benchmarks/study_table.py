@@ -1,0 +1,300 @@
+"""The method-effect study's table (issue #25): every arm and seed of a runs folder, both probe
+views, floors, and the differences paired by seed.
+
+    python benchmarks/study_table.py runs/study_arms --out docs/results/study/round3/table.md
+
+Reads what `benchmarks/study_arms.sh` writes: RUN = RUNS/ARM_sSEED, its final probes
+RUN/evals/model_VIEW.json, kNN/linear RUN/evals/model_cls.json, the curve probes
+RUN/evals/step_N_VIEW.json, and the floors RUN/evals/floor_{random,pixels}_VIEW.json of any run.
+Paired differences: the reconstruction's own effect is (arm − lambda0) and the paper's claim
+(arm − baseline), each taken within a seed; -disk arms are paired with lambda0-disk. Reported as
+mean, sample std, n and mean/SE (SE = std/√n), and how many seeds have Δ > 0. With --plot, the
+dose–response (R² against λ per view) lands beside the table as dose_response.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+TRANSFORMS = ("rotation", "se2")
+VIEWS = ("full", "context", "disk")
+CLASSIFIERS = (("knn", "eval/knn/top1"), ("linear", "eval/linear/top1"))
+RUN_NAME = re.compile(r"^(?P<arm>.+)_s(?P<seed>\d+)$")
+STEP_FILE = re.compile(r"^step_(?P<step>\d+)_(?P<view>[a-z]+)\.json$")
+
+
+def read_r2(path: Path) -> dict[str, float]:
+    """{transform: R²} of one probe results file ({} when it is missing)."""
+    if not path.is_file():
+        return {}
+    details = json.loads(path.read_text()).get("details", {}).get("equivariance", {})
+    return {t: float(d["r2"]) for t, d in details.items() if t in TRANSFORMS}
+
+
+def read_cls(path: Path) -> dict[str, float]:
+    """{knn, linear: top-1 %} of one classification results file."""
+    if not path.is_file():
+        return {}
+    metrics = json.loads(path.read_text()).get("metrics", {})
+    return {name: float(metrics[key]) for name, key in CLASSIFIERS if key in metrics}
+
+
+def collect(runs: Path) -> dict:
+    """{"runs": {(arm, seed): {metric: value}}, "floors": {...}, "curves": {...}}.
+
+    Metric names: VIEW/TRANSFORM (R²), knn, linear; curves: (arm, VIEW/TRANSFORM) -> {step:
+    [values over seeds]}."""
+    table: dict[tuple[str, int], dict[str, float]] = {}
+    floors: dict[str, dict[str, float]] = {}
+    curves: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in sorted(p for p in runs.iterdir() if p.is_dir()):
+        match = RUN_NAME.match(run.name)
+        if not match:
+            continue
+        arm, seed, evals = match["arm"], int(match["seed"]), run / "evals"
+        row: dict[str, float] = {}
+        for view in VIEWS:
+            for t, v in read_r2(evals / f"model_{view}.json").items():
+                row[f"{view}/{t}"] = v
+            for floor in ("random", "pixels"):
+                for t, v in read_r2(evals / f"floor_{floor}_{view}.json").items():
+                    floors.setdefault(floor, {})[f"{view}/{t}"] = v
+        row.update(read_cls(evals / "model_cls.json"))
+        for floor in ("random", "pixels"):
+            floors.setdefault(floor, {}).update(read_cls(evals / f"floor_{floor}_cls.json"))
+        for f in evals.glob("step_*_*.json") if evals.is_dir() else []:
+            m = STEP_FILE.match(f.name)
+            if m:
+                for t, v in read_r2(f).items():
+                    curves[(arm, f"{m['view']}/{t}")][int(m["step"])].append(v)
+        for key, v in row.items():
+            if "/" in key:
+                final_step = _final_step(run)
+                if final_step is not None:
+                    curves[(arm, key)][final_step].append(v)
+        if row:
+            table[(arm, seed)] = row
+    return {"runs": table, "floors": {k: v for k, v in floors.items() if v}, "curves": curves}
+
+
+def _final_step(run: Path) -> int | None:
+    latest = run / "checkpoints" / "latest"
+    if not latest.is_file():
+        return None
+    m = re.search(r"step_(\d+)", latest.read_text())
+    return int(m.group(1)) if m else None
+
+
+def summary(values: list[float]) -> tuple[float, float, int]:
+    """(mean, sample std (0 for one value), n)."""
+    n = len(values)
+    mean = sum(values) / n
+    return mean, statistics.stdev(values) if n > 1 else 0.0, n
+
+
+def reference_arm(arm: str, reference: str) -> str:
+    """The arm `arm` is paired with: `reference` with the same suffixes ('-disk' kept)."""
+    suffixes = arm.split("-")[1:]
+    fill = [s for s in suffixes if s == "disk"]
+    return "-".join([reference, *fill]) if reference != "baseline" else "baseline"
+
+
+def paired(runs: dict, arm: str, reference: str, metric: str) -> dict[int, float]:
+    """{seed: value(arm) − value(reference)} over the seeds both have."""
+    ref = reference_arm(arm, reference)
+    out = {}
+    for (a, seed), row in runs.items():
+        if a == arm and (ref, seed) in runs and metric in row and metric in runs[(ref, seed)]:
+            out[seed] = row[metric] - runs[(ref, seed)][metric]
+    return out
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _mean_std(values: list[float], digits: int = 3) -> str:
+    if not values:
+        return "–"
+    mean, std, n = summary(values)
+    return f"{mean:.{digits}f}" if n == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def metrics_of(runs: dict) -> list[str]:
+    present = {k for row in runs.values() for k in row}
+    order = [f"{v}/{t}" for v in VIEWS for t in TRANSFORMS] + [name for name, _ in CLASSIFIERS]
+    return [m for m in order if m in present]
+
+
+def render(data: dict) -> str:
+    runs, floors, curves = data["runs"], data["floors"], data["curves"]
+    metrics = metrics_of(runs)
+    arms = sorted({a for a, _ in runs}, key=_arm_order)
+    head = "| arm | seeds | " + " | ".join(_label(m) for m in metrics) + " |"
+    lines = ["## Every arm (mean ± std over seeds)", "", head, "|---|---|" + "---:|" * len(metrics)]
+    for arm in arms:
+        seeds = sorted(s for a, s in runs if a == arm)
+        cells = [
+            _mean_std(
+                [runs[(arm, s)][m] for s in seeds if m in runs[(arm, s)]],
+                1 if m in ("knn", "linear") else 3,
+            )
+            for m in metrics
+        ]
+        lines.append(f"| {arm} | {','.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+    for floor in ("random", "pixels"):
+        if floor in floors:
+            cells = [
+                _fmt(floors[floor].get(m), 1 if m in ("knn", "linear") else 3) for m in metrics
+            ]
+            lines.append(f"| floor: {floor} | – | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Paired differences by seed",
+        "",
+        "Δ = arm − reference within a seed; mean ± std, n, mean/SE, seeds with Δ > 0.",
+        "",
+        "| arm − reference | metric | Δ per seed | mean ± std | n | mean/SE | Δ > 0 |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for arm in arms:
+        for reference in ("lambda0", "baseline"):
+            base = arm.split("-")[0]
+            if base in (reference, "baseline") or not base.startswith(("lambda", "control")):
+                continue  # the floors' and thetaonly's own numbers are read, not paired
+            for m in metrics:
+                diffs = paired(runs, arm, reference, m)
+                if not diffs:
+                    continue
+                mean, std, n = summary(list(diffs.values()))
+                digits = 1 if m in ("knn", "linear") else 3
+                z = "–" if n < 2 or std == 0 else f"{mean / (std / math.sqrt(n)):.1f}"
+                per_seed = ", ".join(f"s{s}: {d:+.{digits}f}" for s, d in sorted(diffs.items()))
+                pos = sum(d > 0 for d in diffs.values())
+                lines.append(
+                    f"| {arm} − {reference_arm(arm, reference)} | {_label(m)} | {per_seed} | "
+                    f"{mean:+.{digits}f} ± {std:.{digits}f} | {n} | {z} | {pos}/{n} |"
+                )
+    if curves:
+        steps = sorted({s for c in curves.values() for s in c})
+        lines += [
+            "",
+            "## R² against steps (mean over seeds)",
+            "",
+            "| arm | probe | " + " | ".join(str(s) for s in steps) + " |",
+            "|---|---|" + "---:|" * len(steps),
+        ]
+        for (arm, m), by_step in sorted(
+            curves.items(), key=lambda kv: (_arm_order(kv[0][0]), kv[0][1])
+        ):
+            cells = [_fmt(statistics.fmean(by_step[s]) if by_step.get(s) else None) for s in steps]
+            lines.append(f"| {arm} | {_label(m)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _label(metric: str) -> str:
+    if "/" not in metric:
+        return {"knn": "kNN top-1 %", "linear": "linear top-1 %"}[metric]
+    view, t = metric.split("/")
+    return f"{view}: {'rotation' if t == 'rotation' else 'SE(2)'} R²"
+
+
+def _arm_order(arm: str) -> tuple:
+    base = arm.split("-")[0]
+    lam = re.match(r"lambda(\d+(?:\.\d+)?)$", base)
+    rank = 0 if base == "baseline" else 1 if lam else 2
+    return (len(arm.split("-")) > 1, rank, float(lam.group(1)) if lam else 0.0, arm)
+
+
+def plot_dose_response(data: dict, path: Path) -> bool:
+    """R² against λ (per view, rotation; mean ± std over seeds); False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    runs = data["runs"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
+    for ax, view in zip(axes, ("full", "context"), strict=True):
+        m = f"{view}/rotation"
+        for fill in ("", "-disk"):
+            points = []
+            for (arm, _), _row in runs.items():
+                lam = re.match(r"lambda(\d+(?:\.\d+)?)" + re.escape(fill) + "$", arm)
+                if lam:
+                    points.append(float(lam.group(1)))
+            xs = sorted(set(points))
+            if not xs:
+                continue
+            ys = [
+                summary(
+                    [
+                        r[m]
+                        for (a, _), r in runs.items()
+                        if a == f"lambda{_lam_name(x)}{fill}" and m in r
+                    ]
+                    or [math.nan]
+                )
+                for x in xs
+            ]
+            ax.errorbar(
+                [x + 0.5 for x in xs],
+                [y[0] for y in ys],
+                yerr=[y[1] for y in ys],
+                marker="o",
+                capsize=3,
+                label=f"+recon{fill or ' (zero fill)'}",
+            )
+        for arm, style in (("baseline", "--"),):
+            vals = [r[m] for (a, _), r in runs.items() if a == arm and m in r]
+            if vals:
+                ax.axhline(statistics.fmean(vals), ls=style, color="k", label="baseline (g off)")
+        for floor, style in (("random", ":"), ("pixels", "-.")):
+            if m in data["floors"].get(floor, {}):
+                ax.axhline(
+                    data["floors"][floor][m], ls=style, color="grey", label=f"floor: {floor}"
+                )
+        ax.set_xscale("log")
+        ax.set_xlabel("λ + 0.5")
+        ax.set_title(f"rotation R², view {view}")
+    axes[0].set_ylabel("R² (global [CLS; mean patch])")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _lam_name(x: float) -> str:
+    return str(int(x)) if x == int(x) else str(x)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", type=Path, help="the runs folder of benchmarks/study_arms.sh")
+    parser.add_argument("--out", type=Path, help="write the table here (markdown)")
+    parser.add_argument("--plot", action="store_true", help="also write dose_response.png")
+    args = parser.parse_args(argv)
+    if not args.runs.is_dir():
+        parser.error(f"no runs folder {args.runs}")
+    data = collect(args.runs)
+    text = render(data)
+    print(text, end="")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        if args.plot and plot_dose_response(data, args.out.parent / "dose_response.png"):
+            print(f"dose-response plot: {args.out.parent / 'dose_response.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""benchmarks/study_table.py: the round-3 table reads every arm's result files, pairs arms by
+seed (the reconstruction's own effect against lambda0, the paper's claim against baseline,
+-disk arms against lambda0-disk) and keeps floors and curves apart."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks import study_table
+
+
+def _probe(path: Path, rotation: float, se2: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    details = {"rotation": {"r2": rotation}, "se2": {"r2": se2}}
+    path.write_text(json.dumps({"metrics": {}, "details": {"equivariance": details}}))
+
+
+def _cls(path: Path, knn: float, linear: float) -> None:
+    path.write_text(json.dumps({"metrics": {"eval/knn/top1": knn, "eval/linear/top1": linear}}))
+
+
+def _run(runs: Path, arm: str, seed: int, full: float, context: float, final: int = 1200) -> Path:
+    run = runs / f"{arm}_s{seed}"
+    _probe(run / "evals" / "model_full.json", full, full / 2)
+    _probe(run / "evals" / "model_context.json", context, 0.0)
+    _cls(run / "evals" / "model_cls.json", 40.0 + seed, 30.0)
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "latest").write_text(f"step_{final:08d}\n")
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    runs = tmp_path / "runs"
+    for seed, (base, lam0, lam4) in enumerate(
+        [(0.30, 0.10, 0.20), (0.32, 0.12, 0.25), (0.28, 0.08, 0.15)]
+    ):
+        _run(runs, "baseline", seed, base, 0.0)
+        _run(runs, "lambda0", seed, lam0, 0.01)
+        _run(runs, "lambda4", seed, lam4, 0.02)
+    _run(runs, "lambda0-disk", 0, 0.05, 0.30)
+    _run(runs, "lambda4-disk", 0, 0.06, 0.50)
+    first = runs / "baseline_s0" / "evals"
+    _probe(first / "floor_random_full.json", -0.01, 0.0)
+    _probe(first / "floor_pixels_full.json", 0.86, 0.8)
+    _probe(runs / "lambda4_s0" / "evals" / "step_00000300_full.json", 0.05, 0.0)
+    (runs / "not_a_run").mkdir()
+    return runs
+
+
+def test_pairs_by_seed_against_lambda0_and_baseline(runs: Path) -> None:
+    data = study_table.collect(runs)
+    own = study_table.paired(data["runs"], "lambda4", "lambda0", "full/rotation")
+    assert own == pytest.approx({0: 0.10, 1: 0.13, 2: 0.07})
+    claim = study_table.paired(data["runs"], "lambda4", "baseline", "full/rotation")
+    assert claim == pytest.approx({0: -0.10, 1: -0.07, 2: -0.13})
+    # a -disk arm is paired with lambda0-disk, never with the zero-fill lambda0
+    assert study_table.paired(data["runs"], "lambda4-disk", "lambda0", "context/rotation") == (
+        pytest.approx({0: 0.20})
+    )
+    assert study_table.reference_arm("lambda4-disk-dequi224", "lambda0") == "lambda0-disk"
+
+
+def test_the_table_reports_mean_std_and_the_paired_z(runs: Path) -> None:
+    text = study_table.render(study_table.collect(runs))
+    row = next(
+        line
+        for line in text.splitlines()
+        if line.startswith("| lambda4 − lambda0 | full: rotation")
+    )
+    diffs = [0.10, 0.13, 0.07]
+    mean = sum(diffs) / 3
+    std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    assert f"+{mean:.3f} ± {std:.3f}" in row
+    assert f"| {mean / (std / math.sqrt(3)):.1f} |" in row and row.endswith("| 3/3 |")
+    assert "| floor: pixels | – | 0.860 |" in text
+    curve = next(
+        line for line in text.splitlines() if line.startswith("| lambda4 | full: rotation R² |")
+    )
+    assert curve.split("|")[3].strip() == "0.050"  # step 300
+    assert curve.split("|")[-2].strip() == f"{(0.20 + 0.25 + 0.15) / 3:.3f}"  # step 1200
+    assert "not_a_run" not in text
+
+
+def test_cli_writes_the_table_and_the_plot(runs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "docs" / "table.md"
+    assert study_table.main([str(runs), "--out", str(out), "--plot"]) == 0
+    assert out.read_text().startswith("## Every arm")
+    assert (out.parent / "dose_response.png").stat().st_size > 1000
+    with pytest.raises(SystemExit):
+        study_table.main([str(tmp_path / "missing")])
