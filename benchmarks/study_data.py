@@ -13,6 +13,9 @@ on disk, nothing downloaded:
 
 Every image is stored once, composited over white and shrunk to at most `--max-side` pixels
 (some source PNGs have 10^8 pixels; decoding those at every epoch would stall training).
+`--max-images N` keeps N of the distinct images (chosen by a hash of their content, independent
+of the split: a fixed, stable sample), e.g. for a small 224 px set that can travel to a GPU
+machine (benchmarks/gpu_study.sh).
 
     python benchmarks/study_data.py --out data/clipart [--src /usr/share/openclipart/png]
         [--segmentation data/demo/segmentation]
@@ -35,8 +38,12 @@ NON_SEMANTIC = ("special", "unsorted", "buttons", "logos")  # folders that are n
 LICENCE = "public domain (Open Clip Art Library; Debian package openclipart-png)"
 
 
-def plan(src: Path, val_percent: int, min_per_class: int, max_per_class: int) -> dict:
-    """{(subset, split): {class or "": [files]}} from the category folders under `src`."""
+def plan(
+    src: Path, val_percent: int, min_per_class: int, max_per_class: int, max_images: int = 0
+) -> dict:
+    """{(subset, split): {class or "": [files]}} from the category folders under `src`; with
+    `max_images` > 0 only that many distinct images, those of the smallest content hash (hex
+    digits 8-16 of the SHA-1; the split uses digits 0-8)."""
     if not src.is_dir():
         raise SystemExit(
             f"{src} not found: install the images with `apt-get install openclipart-png` (root)"
@@ -51,6 +58,11 @@ def plan(src: Path, val_percent: int, min_per_class: int, max_per_class: int) ->
                 continue
             seen[digest] = real
             by_class[folder.name].append((digest, real))
+    if 0 < max_images < len(seen):
+        kept = set(sorted(seen, key=lambda d: (int(d[8:16], 16), d))[:max_images])
+        by_class = defaultdict(
+            list, {c: [it for it in items if it[0] in kept] for c, items in by_class.items()}
+        )
     out: dict = defaultdict(lambda: defaultdict(list))
     for cls, items in by_class.items():
         labelled_kept = {"train": 0, "val": 0}
@@ -111,13 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--segmentation", default=None, help="a segmentation subset to link")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--max-side", type=int, default=128)
+    parser.add_argument("--max-images", type=int, default=0, help="keep this many (0: all)")
     args = parser.parse_args(argv)
 
     from data_pipeline.builder import build_shards
 
     out = Path(args.out)
     staging = out / "_staging"  # not hidden: `data build` skips hidden paths
-    layout = plan(Path(args.src), args.val_percent, args.min_per_class, args.max_per_class)
+    layout = plan(
+        Path(args.src), args.val_percent, args.min_per_class, args.max_per_class, args.max_images
+    )
     resized = out / ".resized"
     files = sorted({f for classes in layout.values() for fs in classes.values() for f in fs})
     small = shrink_all(files, resized, args.max_side, args.workers)
