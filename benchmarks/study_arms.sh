@@ -12,6 +12,7 @@
 # side, one thread each, each followed by its probes. Every final checkpoint, and the floors
 # (random-init ViT, raw pixels), get the study probe (the config's eval section: global
 # [CLS; mean patch], 1,024 x 8 θ draws, 30 epochs, 512 held-out images) for rotation and SE(2)
+# (RUNS/floors/evals/, once per runs folder: they depend on the ViT's shape and the probe only)
 # in the views `full` (zero fill visible, the paper's likely protocol) and `context` (content
 # only), plus `disk` for -disk arms; kNN and linear top-1 on the labelled clip art. Each result
 # is its own file (RUN/evals/model_VIEW.json, model_cls.json), so nothing overwrites anything.
@@ -98,11 +99,11 @@ job() {  # job ARM SEED: train, then every probe of this run
   return 0
 }
 
-floors() {  # the floors, probed once on the first run's shapes
-  local run="$1" floor
+floors() {  # floors CHECKPOINT: probed once per runs folder (RUNS/floors/evals), every view
+  local ckpt="$1" floor
   for floor in random pixels; do
-    probe "$run" "$run/checkpoints/latest" "floor_$floor" "full context disk" --floor "$floor"
-    classify "$run" "$run/checkpoints/latest" "floor_$floor" --floor "$floor"
+    probe "$RUNS/floors" "$ckpt" "floor_$floor" "full context disk" --floor "$floor"
+    classify "$RUNS/floors" "$ckpt" "floor_$floor" --floor "$floor"
   done
 }
 
@@ -120,7 +121,9 @@ for seed in "${SEED_LIST[@]}"; do
 done
 while ((running > 0)); do wait -n || failed=1; running=$((running - 1)); done
 first="$RUNS/${ARM_LIST[0]}_s${SEED_LIST[0]}"
-if [[ -f "$first/done" ]]; then floors "$first" >> "$RUNS/floors.log" 2>&1 || failed=1; fi
+if [[ -f "$first/done" ]]; then
+  floors "$first/checkpoints/latest" >> "$RUNS/floors.log" 2>&1 || failed=1
+fi
 
 .venv/bin/python benchmarks/study_table.py "$RUNS" --out "$OUT/table.md"
 if ((failed)); then echo "== some jobs failed: see $RUNS/*.log" >&2; exit 1; fi

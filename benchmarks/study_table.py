@@ -5,7 +5,8 @@ views, floors, and the differences paired by seed.
 
 Reads what `benchmarks/study_arms.sh` writes: RUN = RUNS/ARM_sSEED, its final probes
 RUN/evals/model_VIEW.json, kNN/linear RUN/evals/model_cls.json, the curve probes
-RUN/evals/step_N_VIEW.json, and the floors RUN/evals/floor_{random,pixels}_VIEW.json of any run.
+RUN/evals/step_N_VIEW.json, and the floors RUNS/floors/evals/floor_{random,pixels}_{VIEW,cls}.json
+(or those of any run, as written before the floors had their own folder).
 Paired differences: the reconstruction's own effect is (arm − lambda0) and the paper's claim
 (arm − baseline), each taken within a seed; -disk arms are paired with lambda0-disk. Reported as
 mean, sample std, n and mean/SE (SE = std/√n), and how many seeds have Δ > 0. With --plot, the
@@ -56,18 +57,16 @@ def collect(runs: Path) -> dict:
     for run in sorted(p for p in runs.iterdir() if p.is_dir()):
         match = RUN_NAME.match(run.name)
         if not match:
+            if run.name == "floors":
+                _read_floors(run / "evals", floors)
             continue
         arm, seed, evals = match["arm"], int(match["seed"]), run / "evals"
         row: dict[str, float] = {}
         for view in VIEWS:
             for t, v in read_r2(evals / f"model_{view}.json").items():
                 row[f"{view}/{t}"] = v
-            for floor in ("random", "pixels"):
-                for t, v in read_r2(evals / f"floor_{floor}_{view}.json").items():
-                    floors.setdefault(floor, {})[f"{view}/{t}"] = v
         row.update(read_cls(evals / "model_cls.json"))
-        for floor in ("random", "pixels"):
-            floors.setdefault(floor, {}).update(read_cls(evals / f"floor_{floor}_cls.json"))
+        _read_floors(evals, floors)
         for f in evals.glob("step_*_*.json") if evals.is_dir() else []:
             m = STEP_FILE.match(f.name)
             if m:
@@ -81,6 +80,14 @@ def collect(runs: Path) -> dict:
         if row:
             table[(arm, seed)] = row
     return {"runs": table, "floors": {k: v for k, v in floors.items() if v}, "curves": curves}
+
+
+def _read_floors(evals: Path, floors: dict[str, dict[str, float]]) -> None:
+    for floor in ("random", "pixels"):
+        for view in VIEWS:
+            for t, v in read_r2(evals / f"floor_{floor}_{view}.json").items():
+                floors.setdefault(floor, {})[f"{view}/{t}"] = v
+        floors.setdefault(floor, {}).update(read_cls(evals / f"floor_{floor}_cls.json"))
 
 
 def _final_step(run: Path) -> int | None:

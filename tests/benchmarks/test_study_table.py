@@ -44,9 +44,9 @@ def runs(tmp_path: Path) -> Path:
         _run(runs, "lambda4", seed, lam4, 0.02)
     _run(runs, "lambda0-disk", 0, 0.05, 0.30)
     _run(runs, "lambda4-disk", 0, 0.06, 0.50)
-    first = runs / "baseline_s0" / "evals"
-    _probe(first / "floor_random_full.json", -0.01, 0.0)
-    _probe(first / "floor_pixels_full.json", 0.86, 0.8)
+    floors = runs / "floors" / "evals"
+    _probe(floors / "floor_random_full.json", -0.01, 0.0)
+    _probe(floors / "floor_pixels_full.json", 0.86, 0.8)
     _probe(runs / "lambda4_s0" / "evals" / "step_00000300_full.json", 0.05, 0.0)
     (runs / "not_a_run").mkdir()
     return runs
@@ -93,3 +93,53 @@ def test_cli_writes_the_table_and_the_plot(runs: Path, tmp_path: Path) -> None:
     assert (out.parent / "dose_response.png").stat().st_size > 1000
     with pytest.raises(SystemExit):
         study_table.main([str(tmp_path / "missing")])
+
+
+@pytest.mark.parametrize(
+    ("arm", "expected"),
+    [
+        ("baseline", {"recon.enabled": False}),
+        ("lambda16", {"recon.lam": 16.0, "recon.fill": "zero"}),
+        ("control25", {"recon.lam": 0.0, "recon.theta_head_weight": 25.0}),
+        (
+            "thetaonly-disk-steps600",
+            {
+                "method.vicreg_sim_weight": 0.0,
+                "recon.fill": "disk",
+                "train.max_steps": 600,
+                "recon.theta_head_weight": 1.0,
+            },
+        ),
+        ("lambda4-dequi224", {"recon.lam": 4.0, "recon.d_equi": 224}),
+    ],
+)
+def test_every_arm_name_is_its_flags_on_the_study_config(arm: str, expected: dict) -> None:
+    import subprocess
+
+    from equirecon.config import load_config
+
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        ["bash", "-c", f"source benchmarks/study_arms.lib.sh && arm_overrides {arm}"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    cfg = load_config(str(repo / "configs/study/vicreg_rot_recon.yaml"), proc.stdout.split())
+    for key, value in expected.items():
+        section, name = key.split(".")
+        assert getattr(getattr(cfg, section), name) == value, key
+
+
+def test_an_unknown_arm_is_refused_with_its_name() -> None:
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        ["bash", "-c", "source benchmarks/study_arms.lib.sh && arm_overrides lambda4-fill"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "unknown arm suffix 'fill' in 'lambda4-fill'" in proc.stderr
