@@ -177,7 +177,10 @@ def equivariance_r2(
 
     x_train = features(train_images, train_params, "train")
     x_test = features(test_images, test_params, "test")
-    mean, std = x_train.mean(dim=0), x_train.std(dim=0, correction=0).clamp_min(1e-6)
+    mean, std = x_train.mean(dim=0), x_train.std(dim=0, correction=0)
+    # A column constant over the train images (a pixel that is always black) is only centred:
+    # dividing by its ~0 std would blow up any test image that differs there.
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
     y_train = transform.normalize_params(train_params)
     y_test = transform.normalize_params(test_params)
