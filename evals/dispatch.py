@@ -3,7 +3,9 @@
 Tasks are looked up by name in the registry of `evals.tasks` (one module per task); their order
 in `eval.tasks=all` is that of their specs (`equirecon.eval_tasks`).
 
-Data. Each spec names the subsets of a dataset root its task reads (`EvalTaskSpec.data`).
+Data. Each spec names the subsets of a dataset root its task reads (`EvalTaskSpec.data`, or
+under the eval settings `EvalTaskSpec.subsets`: the equivariance probe reads
+`eval.equivariance.subset`).
 `plan_tasks` skips a task whose subset (train or val split) is missing from the root, with one
 warning line, when the tasks come from `eval.tasks` (or `all`); a task named explicitly is
 refused instead (a `MissingPathError`, exit code 2), and so is a run left with no task at all.
@@ -67,8 +69,9 @@ def is_dataset_root(data: str) -> bool:
     )
 
 
-def missing_data(task: str, data: str) -> str | None:
-    """Why the dataset root `data` lacks what `task` reads, or None.
+def missing_data(task: str, data: str, settings: EvalConfig | None = None) -> str | None:
+    """Why the dataset root `data` lacks what `task` reads (under the eval settings `settings`;
+    None: its default subsets), or None.
 
     Only a dataset root is checked; a folder of shards, a glob or a tar file gives every task
     the same shards.
@@ -78,7 +81,8 @@ def missing_data(task: str, data: str) -> str | None:
     from data_pipeline.formats import how_to_make
 
     root = Path(data)
-    for subset in get_task_spec(task).data:
+    spec = get_task_spec(task)
+    for subset in spec.subsets(getattr(settings, task, None) if settings is not None else None):
         for split in SPLITS:
             if any((root / subset).glob(f"{split}-*.tar")):
                 continue
@@ -90,7 +94,7 @@ def missing_data(task: str, data: str) -> str | None:
 
 
 def plan_tasks(
-    tasks: list[str], data: str, explicit: bool = False
+    tasks: list[str], data: str, explicit: bool = False, settings: EvalConfig | None = None
 ) -> tuple[list[str], dict[str, str]]:
     """The tasks whose data `data` holds, and the others with the reason ({task: why}).
 
@@ -98,6 +102,8 @@ def plan_tasks(
         tasks: the task names (`parse_tasks`).
         data: the dataset root (or shards) the tasks read.
         explicit: the tasks were named by the user (`eval --tasks`): missing data is an error.
+        settings: the eval settings, for tasks whose subsets depend on them
+            (`EvalTaskSpec.subsets`); None: every task's default subsets.
 
     Raises:
         MissingPathError: `data` does not exist, or an explicit task lacks its data.
@@ -107,7 +113,7 @@ def plan_tasks(
 
     if not is_dataset_root(data):
         resolve_shards(str(data))  # shards, a glob or a tar file: raises if it names none
-    skipped = {task: why for task in tasks if (why := missing_data(task, data))}
+    skipped = {task: why for task in tasks if (why := missing_data(task, data, settings))}
     if skipped and explicit:
         raise MissingPathError(
             "; ".join(f"eval task {task}: {why}" for task, why in skipped.items()),

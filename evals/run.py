@@ -121,7 +121,7 @@ def evaluate_checkpoint(
     e = cfg.eval
     task_list = parse_tasks(tasks, e.tasks)
     data = data or e.data or cfg.data.path
-    to_run, skipped = plan_tasks(task_list, data, explicit_tasks(tasks))
+    to_run, skipped = plan_tasks(task_list, data, explicit_tasks(tasks), e)
     configured = task_probes(to_run, run_eval)
     other_probes = {t: p for t, p in task_probes(to_run, e).items() if p != configured.get(t)}
     backbone, split_head, cfg = load_teacher_encoder(ckpt, cfg)
@@ -187,7 +187,7 @@ def evaluate_export(
     export_dir = Path(export_dir)
     e = _apply_eval_settings(EvalConfig(), config, overrides)
     task_list = parse_tasks(tasks, e.tasks)
-    to_run, skipped = plan_tasks(task_list, data, explicit_tasks(tasks))
+    to_run, skipped = plan_tasks(task_list, data, explicit_tasks(tasks), e)
     backbone = load_exported_backbone(export_dir)
     meta = json.loads((export_dir / CONFIG).read_text())
     provider = build_provider(

@@ -33,6 +33,9 @@ TINY_OVERRIDES = [
     "eval.equivariance.train_images=128",
     "eval.equivariance.test_images=64",
     "eval.equivariance.epochs=3",
+    # The probe on the natural crops (the default), as the tests' labels and files expect; the
+    # demo config's probe reads the segmentation scenes (configs/demo_cpu.yaml).
+    "eval.equivariance.subset=natural",
 ]
 
 

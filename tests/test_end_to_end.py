@@ -73,7 +73,7 @@ def test_pretrain_resume_and_eval(tmp_path: Path, demo_data: Path, tracking_uri:
     assert REQUIRED_TRAIN <= set(rows[-1])
     assert (run_dir / "recon_grid.png").stat().st_size > 0
 
-    # Eval through the CLI, as a user would run it.
+    # Eval through the CLI, as a user would run it (and as scripts/demo.sh does).
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     proc = subprocess.run(
         [
@@ -97,6 +97,26 @@ def test_pretrain_resume_and_eval(tmp_path: Path, demo_data: Path, tracking_uri:
     assert -1.0 < r2 <= 1.0 and 0.0 <= top1 <= 100.0
     assert "eval/knn/top1" in proc.stdout
 
+    # The rest of the demo's evaluation step (scripts/demo.sh): the probe's floors, its second
+    # view, and the table of both views with their floors (a smaller h, to keep this quick).
+    demo = (REPO / "scripts" / "demo.sh").read_text().splitlines()
+    steps = [line for line in demo if line.startswith("$BIN/")]
+    assert steps[-2:] == [
+        '$BIN/equirecon eval --checkpoint "$RUN/checkpoints/latest"  # every task, as the config says',
+        '$BIN/python scripts/demo_eval.py "$RUN"',
+    ]
+    small_h = ["eval.equivariance.epochs=1", "eval.equivariance.hidden=32"]
+    proc = subprocess.run(
+        [sys.executable, "scripts/demo_eval.py", str(run_dir), *small_h],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_demo_table(proc.stdout, run_dir, result)
+
     # Everything landed in one MLflow run: params, train curves, eval metrics at the ckpt step.
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     run = client.get_run(run_id)
@@ -113,6 +133,39 @@ def test_pretrain_resume_and_eval(tmp_path: Path, demo_data: Path, tracking_uri:
     assert [(m.step, round(m.value, 6)) for m in evals] == [(6, round(r2, 6))]
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert "config.yaml" in artifacts and "recon" in artifacts
+
+
+def check_demo_table(stdout: str, run_dir: Path, result: dict) -> None:
+    """The demo's table (scripts/demo_table.py): one row per transform, with the model, the pixel
+    floor and the random-ViT floor in the context and in the full view, read from files of
+    their own (issue #25)."""
+    evals = run_dir / "evals"
+    assert sorted(p.name for p in evals.glob("*.json")) == [
+        "floor_pixels.full-global.json",
+        "floor_pixels.json",
+        "floor_random.full-global.json",
+        "floor_random.json",
+        "step_00000006.full-global.json",
+        "step_00000006.json",
+    ]
+    lines = stdout[stdout.index("\n== results") :].splitlines()
+    views = next(line for line in lines if "context view" in line and "full view" in line)
+    assert views.index("context view") < views.index("full view")
+    header = next(line for line in lines if line.startswith("transform "))
+    assert header.split() == ["transform", *["model", "pixels", "random", "ViT"] * 2]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[lines.index(header) + 1 :][:5]}
+    assert list(rows) == ["rotation", "translation", "se2", "color", "blur"]
+    full = json.loads((evals / "step_00000006.full-global.json").read_text())["metrics"]
+    pixels = json.loads((evals / "floor_pixels.json").read_text())["metrics"]
+    for name in ("rotation", "translation", "se2"):  # g moves pixels out: each view its numbers
+        cells = [float(c) for c in rows[name]]
+        assert len(cells) == 6, rows[name]
+        assert cells[0] == round(result["metrics"][f"eval/equivariance/{name}_r2"], 4)
+        assert cells[1] == round(pixels[f"eval/equivariance/{name}_r2"], 4)
+        assert cells[3] == round(full[f"eval/equivariance/full/global/{name}_r2"], 4)
+    for name in ("color", "blur"):  # no fill: one set of images, the full view says so
+        assert len(rows[name]) == 5 and rows[name][3:] == ["=", "context"], rows[name]
+        assert all(-1e9 < float(c) <= 1.0 for c in rows[name][:3])
 
 
 def test_teacher_weights_in_checkpoint_are_what_eval_loads(

@@ -46,8 +46,11 @@ class EvalTaskSpec:
             (then by name).
         summary: one line for the CLI help.
         data: the subsets of a dataset root the task reads (`natural`, `labelled`,
-            `segmentation`, `depth`), train and val split of each. Where one is missing the task
-            is skipped, or, named in `eval --tasks`, refused (`evals.dispatch.plan_tasks`).
+            `segmentation`, `depth`), train and val split of each, under its default settings.
+            Where one is missing the task is skipped, or, named in `eval --tasks`, refused
+            (`evals.dispatch.plan_tasks`).
+        data_of: where the subsets read depend on the task's settings (e.g.
+            `eval.equivariance.subset`): those subsets, from its settings; None: always `data`.
         probe: the label of the settings that make the task's numbers incomparable, from its
             settings (the dataclass, or its dict as saved; None where the dict does not record
             them); None: the task has no such settings (see "Probe settings" above).
@@ -60,6 +63,13 @@ class EvalTaskSpec:
     summary: str = ""
     data: tuple[str, ...] = ()
     probe: Callable[[Any], str | None] | None = None
+    data_of: Callable[[Any], tuple[str, ...]] | None = None
+
+    def subsets(self, settings: Any = None) -> tuple[str, ...]:
+        """The subsets the task reads under `settings` (its dataclass; None: `data`)."""
+        if settings is None or self.data_of is None:
+            return self.data
+        return tuple(self.data_of(settings))
 
     def value_checks(self) -> list[tuple[str, Rule]]:
         """(dotted key `eval.<name>.<field>`, rule) rows, in field order."""

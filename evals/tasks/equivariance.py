@@ -1,7 +1,9 @@
 """Equivariance R² (`eval.equivariance.*`): `eval/equivariance/<transform>_r2` (evals/equivariance.py).
 
-The dispatcher adds each under its probe-qualified name too,
-`eval/equivariance/<view>/<features>/<transform>_r2` (`equirecon.eval_tasks.equivariance`).
+The images are those of the subset `eval.equivariance.subset` (default `natural`). The
+dispatcher adds each R² under its probe-qualified name too,
+`eval/equivariance/<view>/<features>[/<subset>]/<transform>_r2`
+(`equirecon.eval_tasks.equivariance`).
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ def run(provider: FeatureProvider, ctx: EvalContext) -> TaskResult:
     for name in split_names(s.transforms):
         transform = build_transform(name, size)
         source = ProbeView(transform, s.view, size).source_size
-        train_x, _ = ctx.images("natural", "train", source, s.train_images)
-        test_x, _ = ctx.images("natural", "val", source, s.test_images)
+        train_x, _ = ctx.images(s.subset, "train", source, s.train_images)
+        test_x, _ = ctx.images(s.subset, "val", source, s.test_images)
         res = equivariance_r2(
             provider.equivariance_fn(s.features, s.grid),
             train_x,
@@ -45,5 +47,6 @@ def run(provider: FeatureProvider, ctx: EvalContext) -> TaskResult:
             **res,
             "features": s.features,
             "grid": s.grid if s.features == "grid" else None,
+            "subset": s.subset,
         }
     return metrics, details

@@ -16,8 +16,12 @@ from equirecon.config import (
     value_checks,
 )
 from equirecon.errors import UserError
-from equirecon.eval_tasks import task_names
-from equirecon.eval_tasks.equivariance import EQUIVARIANCE_FEATURES, EQUIVARIANCE_VIEWS
+from equirecon.eval_tasks import task_names, task_specs
+from equirecon.eval_tasks.equivariance import (
+    EQUIVARIANCE_FEATURES,
+    EQUIVARIANCE_SUBSETS,
+    EQUIVARIANCE_VIEWS,
+)
 
 # One meaningless value per checked key (the override text, parsed as YAML); the keys of the
 # eval task sections (`eval.<task>.*`, checked by their specs in equirecon/eval_tasks) too.
@@ -106,6 +110,7 @@ BAD_VALUES = {
     "eval.equivariance.features": "patch",
     "eval.equivariance.grid": "-1",
     "eval.equivariance.view": "crop",
+    "eval.equivariance.subset": "photos",
     "eval.equivariance.repeats": "0",
     "eval.equivariance.train_images": "0",
     "eval.equivariance.test_images": "0",
@@ -185,4 +190,9 @@ def test_choice_lists_match_their_registries() -> None:
     assert POOLINGS == features.POOLINGS
     assert EQUIVARIANCE_FEATURES == features.EQUIVARIANCE_FEATURES
     assert EQUIVARIANCE_VIEWS == equivariance.EQUIVARIANCE_VIEWS
+    # The probe's images may come from any subset a dataset root has (and some task reads).
+    from data_pipeline.formats import MAKE_SUBSET
+
+    read = {subset for spec in task_specs() for subset in spec.data}
+    assert set(EQUIVARIANCE_SUBSETS) == read == set(MAKE_SUBSET)
     assert sorted(task_names()) == registered_tasks()

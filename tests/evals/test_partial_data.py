@@ -77,6 +77,28 @@ def test_plan_skips_or_refuses_tasks_without_their_subset(
     assert plan_tasks(ALL, str(demo_data / "natural")) == (ALL, {})
 
 
+def test_plan_checks_the_subset_the_equivariance_probe_is_set_to_read(
+    tmp_path: Path, demo_data: Path
+) -> None:
+    from equirecon.config import load_config
+
+    scenes = load_config(None, ["eval.equivariance.subset=segmentation"]).eval
+    photos = str(partial_root(demo_data, tmp_path / "photos", ("natural", "labelled")))
+    tasks = ["equivariance", "knn"]
+    assert plan_tasks(tasks, photos) == (tasks, {})
+    assert plan_tasks(tasks, photos, settings=scenes) == (
+        ["knn"],
+        {
+            "equivariance": f"no segmentation/ subset in {photos} (make one with "
+            f"equirecon data build --format ade20k|voc --src ROOT --out {photos})"
+        },
+    )
+    scenes_only = str(partial_root(demo_data, tmp_path / "scenes", ("segmentation",)))
+    assert plan_tasks(["equivariance"], scenes_only, settings=scenes) == (["equivariance"], {})
+    with pytest.raises(MissingPathError, match="eval task equivariance: no natural/"):
+        plan_tasks(["equivariance"], scenes_only, explicit=True)
+
+
 def test_eval_cli_on_partial_data(
     tmp_path: Path,
     demo_data: Path,

@@ -4,10 +4,12 @@ labels every number with them."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from equirecon.cli import main
 from equirecon.config import EvalConfig
@@ -62,6 +64,56 @@ def test_probe_names() -> None:
         "full-grid2",
     )
     assert RESULT_FILE_RE.match("step_00000007.json").groups() == ("00000007", None)
+
+
+def test_the_subset_is_in_the_label_unless_it_is_the_default() -> None:
+    scenes = EquivarianceSettings(view="full", subset="segmentation")
+    assert settings_probe(scenes) == "full/global/segmentation"
+    assert settings_probe({"view": "context", "features": "global", "subset": "natural"}) == (
+        "context/global"
+    )
+    assert settings_probe({"view": "context", "subset": "labelled"}) == "context/global/labelled"
+    probes = task_probes(["equivariance"], EvalConfig(equivariance=scenes))
+    assert probe_tag(probes) == "full-global-segmentation"
+    name = qualified_metric(R2, probes)
+    assert name == "eval/equivariance/full/global/segmentation/rotation_r2"
+    assert split_qualified_metric(name) == ("full/global/segmentation", R2)
+    assert RESULT_FILE_RE.match(f"step_00000007.{probe_tag(probes)}.json")
+    assert result_probes({"eval": {"equivariance": dataclasses.asdict(scenes)}}) == probes
+
+
+def test_a_bad_subset_names_the_key_and_the_choices() -> None:
+    from equirecon.config import load_config
+    from equirecon.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["eval.equivariance.subset=photos"])
+    message = str(info.value)
+    assert message == (
+        "eval.equivariance.subset='photos': must be one of "
+        "['depth', 'labelled', 'natural', 'segmentation']"
+    )
+
+
+def test_the_subset_is_where_the_probe_reads_its_images(demo_data: Path) -> None:
+    from data_pipeline.eval_images import load_images
+    from evals.providers import PixelFeatures
+    from evals.tasks import EvalContext, get_task
+
+    images = {}
+    for subset in ("natural", "segmentation"):
+        settings = EquivarianceSettings(
+            transforms="color", subset=subset, train_images=8, test_images=4, epochs=1, hidden=8
+        )
+        ctx = EvalContext(EvalConfig(equivariance=settings), str(demo_data), 16)
+        _, details = get_task("equivariance")(PixelFeatures(4), ctx)
+        assert details["color"]["subset"] == subset
+        read = {key[1:3]: value[0] for key, value in ctx.cache.items() if key[0] == "images"}
+        assert set(read) == {(subset, "train"), (subset, "val")}
+        expected, _ = load_images(str(demo_data), subset, "train", 16, False, 8)
+        assert torch.equal(read[(subset, "train")], expected)
+        images[subset] = read[(subset, "train")]
+    assert not torch.equal(images["natural"], images["segmentation"])
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from equirecon.cli import build_parser, main
 from equirecon.config import EvalConfig, load_config, save_config
-from equirecon.eval_tasks import task_names
+from equirecon.eval_tasks import task_names, task_probes
 from evals.providers import PixelFeatures
 from evals.run import _apply_eval_settings, checkpoint_config, parse_tasks, run_tasks
 
@@ -46,6 +46,11 @@ def test_demo_config_runs_all_six_families() -> None:
         "color",
         "blur",
     ]
+    # Its probe reads images whose content tells the rotation (issue #25), in its own files.
+    assert cfg.eval.equivariance.subset == "segmentation"
+    assert task_probes(["equivariance"], cfg.eval) == {
+        "equivariance": "context/global/segmentation"
+    }
 
 
 def test_legacy_checkpoint_config_gets_todays_protocol(tmp_path: Path) -> None:
