@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from data_pipeline.multicrop import multicrop_kwargs
     from data_pipeline.torch_reader.loader import build_train_loader
     from data_pipeline.transforms import build_transform
-    from data_pipeline.transforms.fill import disk_margin, mask_to_disk
+    from data_pipeline.transforms.fill import hide_fill
     from equirecon.config import load_config
     from pretrain.losses.recon import recon_loss
     from pretrain.models.decoder import ReconDecoder
@@ -92,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         v2 = transform.apply(u, theta)
         targets = transform.intermediates(u, theta, k)
         if cfg.recon.fill == "disk":  # as the training's views (pretrain/methods/recon.py)
-            margin = disk_margin(transform)
-            v1, v2 = mask_to_disk(v1, margin), mask_to_disk(v2, margin)
-            targets = [mask_to_disk(t, margin) for t in targets]
+            v1, v2, *targets = hide_fill(transform, [v1, v2, *targets])
         return v1, v2, theta, targets
 
     def lowpass(x: torch.Tensor) -> torch.Tensor:

@@ -72,11 +72,10 @@ def collect(runs: Path) -> dict:
             if m:
                 for t, v in read_r2(f).items():
                     curves[(arm, f"{m['view']}/{t}")][int(m["step"])].append(v)
+        final_step = _final_step(run)
         for key, v in row.items():
-            if "/" in key:
-                final_step = _final_step(run)
-                if final_step is not None:
-                    curves[(arm, key)][final_step].append(v)
+            if "/" in key and final_step is not None:
+                curves[(arm, key)][final_step].append(v)
         if row:
             table[(arm, seed)] = row
     return {"runs": table, "floors": {k: v for k, v in floors.items() if v}, "curves": curves}
@@ -233,25 +232,15 @@ def plot_dose_response(data: dict, path: Path) -> bool:
     for ax, view in zip(axes, ("full", "context"), strict=True):
         m = f"{view}/rotation"
         for fill in ("", "-disk"):
-            points = []
-            for (arm, _), _row in runs.items():
-                lam = re.match(r"lambda(\d+(?:\.\d+)?)" + re.escape(fill) + "$", arm)
-                if lam:
-                    points.append(float(lam.group(1)))
-            xs = sorted(set(points))
-            if not xs:
+            by_lambda: dict[float, list[float]] = defaultdict(list)  # λ -> values over seeds
+            for (arm, _), row in runs.items():
+                lam = re.fullmatch(r"lambda(\d+(?:\.\d+)?)" + re.escape(fill), arm)
+                if lam and m in row:
+                    by_lambda[float(lam.group(1))].append(row[m])
+            if not by_lambda:
                 continue
-            ys = [
-                summary(
-                    [
-                        r[m]
-                        for (a, _), r in runs.items()
-                        if a == f"lambda{_lam_name(x)}{fill}" and m in r
-                    ]
-                    or [math.nan]
-                )
-                for x in xs
-            ]
+            xs = sorted(by_lambda)
+            ys = [summary(by_lambda[x]) for x in xs]
             ax.errorbar(
                 [x + 0.5 for x in xs],
                 [y[0] for y in ys],
@@ -260,10 +249,9 @@ def plot_dose_response(data: dict, path: Path) -> bool:
                 capsize=3,
                 label=f"+recon{fill or ' (zero fill)'}",
             )
-        for arm, style in (("baseline", "--"),):
-            vals = [r[m] for (a, _), r in runs.items() if a == arm and m in r]
-            if vals:
-                ax.axhline(statistics.fmean(vals), ls=style, color="k", label="baseline (g off)")
+        baseline = [r[m] for (a, _), r in runs.items() if a == "baseline" and m in r]
+        if baseline:
+            ax.axhline(statistics.fmean(baseline), ls="--", color="k", label="baseline (g off)")
         for floor, style in (("random", ":"), ("pixels", "-.")):
             if m in data["floors"].get(floor, {}):
                 ax.axhline(
@@ -278,10 +266,6 @@ def plot_dose_response(data: dict, path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
-
-
-def _lam_name(x: float) -> str:
-    return str(int(x)) if x == int(x) else str(x)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ use the same mask.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -47,3 +48,11 @@ def disk_margin(transform: Any) -> float:
     ranges = dict(zip(transform.param_names, transform.param_ranges))
     shifts = [max(abs(lo), abs(hi)) for name, (lo, hi) in ranges.items() if "shift" in name]
     return DISK_MARGIN + math.hypot(*shifts) if shifts else DISK_MARGIN
+
+
+def hide_fill(transform: Any, images: Sequence[Tensor]) -> list[Tensor]:
+    """Each (B, C, S, S) image batch masked to the disk that hides every fill of `transform`
+    (`disk_margin`), one mask for all: what `recon.fill=disk` shows the model."""
+    size = images[0].shape[-1]
+    disk = inscribed_disk(size, disk_margin(transform), images[0].device)
+    return [x * disk.to(x.dtype) for x in images]

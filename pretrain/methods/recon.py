@@ -30,7 +30,7 @@ from torch import nn
 
 from data_pipeline.batch import Batch
 from data_pipeline.transforms import EquiTransform, build_transform
-from data_pipeline.transforms.fill import disk_margin, mask_to_disk
+from data_pipeline.transforms.fill import hide_fill
 from pretrain.losses import recon_loss
 from pretrain.methods.step_output import N_LOGGED_IMAGES, StepOutput
 from pretrain.models.decoder import ReconDecoder
@@ -171,9 +171,7 @@ class ReconBranch:
         v2 = self.transform.apply(u, theta)
         targets = self.transform.intermediates(u, theta, self.k)
         if self.fill == "disk":  # θ from the content only: no view shows the fill's shape
-            margin = disk_margin(self.transform)
-            v1, u, v2 = (mask_to_disk(x, margin) for x in (v1, u, v2))
-            targets = [mask_to_disk(t, margin) for t in targets]
+            v1, u, v2, *targets = hide_fill(self.transform, [v1, u, v2, *targets])
         source = u if self.theta_weight > 0 else None
         return ReconViews(torch.cat([v1, v2]), targets, theta, source)
 

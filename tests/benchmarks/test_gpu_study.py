@@ -19,6 +19,7 @@ from PIL import Image
 
 from benchmarks import study_data
 from equirecon.config import load_config
+from tests.benchmarks.study_arms import arm_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "gpu_study.sh"
@@ -169,13 +170,7 @@ def test_gpu_config_is_vit_s16_at_224_and_every_arm_resolves() -> None:
     assert (backbone.patch_size, backbone.embed_dim, len(backbone.vit.blocks)) == (16, 384, 12)
     assert backbone.num_tokens(torch.zeros(1, 3, 224, 224)) == 197
     for arm in (*ARMS, "lambda4-disk", "lambda1-dequi128"):
-        flags = subprocess.run(
-            ["bash", "-c", f"source benchmarks/study_arms.lib.sh && arm_overrides {arm}"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()
+        flags = arm_overrides(arm).stdout.split()
         arm_cfg = load_config(CONFIG, flags)
         assert arm_cfg.recon.enabled == (arm != "baseline"), arm
         if arm.startswith("lambda"):

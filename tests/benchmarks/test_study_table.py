@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import study_table
+from tests.benchmarks.study_arms import REPO, arm_overrides
 
 
 def _probe(path: Path, rotation: float, se2: float) -> None:
@@ -114,32 +115,15 @@ def test_cli_writes_the_table_and_the_plot(runs: Path, tmp_path: Path) -> None:
     ],
 )
 def test_every_arm_name_is_its_flags_on_the_study_config(arm: str, expected: dict) -> None:
-    import subprocess
-
     from equirecon.config import load_config
 
-    repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(
-        ["bash", "-c", f"source benchmarks/study_arms.lib.sh && arm_overrides {arm}"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    cfg = load_config(str(repo / "configs/study/vicreg_rot_recon.yaml"), proc.stdout.split())
+    flags = arm_overrides(arm).stdout.split()
+    cfg = load_config(str(REPO / "configs/study/vicreg_rot_recon.yaml"), flags)
     for key, value in expected.items():
         section, name = key.split(".")
         assert getattr(getattr(cfg, section), name) == value, key
 
 
 def test_an_unknown_arm_is_refused_with_its_name() -> None:
-    import subprocess
-
-    repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(
-        ["bash", "-c", "source benchmarks/study_arms.lib.sh && arm_overrides lambda4-fill"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-    )
+    proc = arm_overrides("lambda4-fill", check=False)
     assert proc.returncode == 2 and "unknown arm suffix 'fill' in 'lambda4-fill'" in proc.stderr
