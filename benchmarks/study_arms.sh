@@ -17,8 +17,12 @@
 # only), plus `disk` for -disk arms; kNN and linear top-1 on the labelled clip art. Each result
 # is its own file (RUN/evals/model_VIEW.json, model_cls.json), so nothing overwrites anything.
 # CURVE_STEPS (default "300,600,900") adds the probe of those checkpoints (R² against steps).
-# Resumable: finished trainings and results are skipped. At the end benchmarks/study_table.py
-# writes the table with paired differences by seed to OUT/table.md.
+# Resumable: finished trainings and results are skipped. A job that finishes archives its
+# result files (evals/*.json and the final step, a few KB) to OUT/results/ARM_sSEED, which is
+# committed: new files are added, an archived file is never overwritten (a differing one is
+# reported; delete it to replace it). At the end benchmarks/study_table.py writes the table of
+# the whole archive, with paired differences by seed, to OUT/table.md, so seeds trained in
+# different sessions (or machines) meet in one table.
 #
 # Environment: RUNS=runs/study_arms  OUT=docs/results/study/round3  NICE=5  JOBS=2
 #   TINY=1: a few steps and a tiny probe (the CPU test of this script)
@@ -84,6 +88,21 @@ classify() {  # classify RUN CHECKPOINT TAG [--floor F]: kNN and linear top-1
     "${CLS[@]}" --out "$out" --no-mlflow "$@"
 }
 
+archive() {  # archive RUN: add its result files to OUT/results/NAME, never overwriting one
+  local run="$1" dest="$OUT/results/$(basename "$1")" file
+  mkdir -p "$dest/evals"
+  if [[ -f "$run/checkpoints/latest" ]]; then
+    sed -E 's/.*step_0*([0-9]+).*/\1/' "$run/checkpoints/latest" > "$run/final_step"
+  fi
+  for file in "$run"/evals/*.json "$run/final_step"; do
+    [[ -f "$file" ]] || continue
+    local to="$dest/${file#"$run"/}"
+    if [[ ! -f "$to" ]]; then cp "$file" "$to"
+    elif ! cmp -s "$file" "$to"; then echo "== $to: archived result kept; $file differs (delete to replace)"
+    fi
+  done
+}
+
 job() {  # job ARM SEED: train, then every probe of this run
   local arm="$1" seed="$2" run="$RUNS/$1_s$2" step views
   views="$(views_of "$arm")"
@@ -96,7 +115,7 @@ job() {  # job ARM SEED: train, then every probe of this run
     ckpt="$run/checkpoints/$(printf 'step_%08d' "$step")"
     [[ -d "$ckpt" ]] && probe "$run" "$ckpt" "$(basename "$ckpt")" "$views"
   done
-  return 0
+  archive "$run"
 }
 
 floors() {  # floors CHECKPOINT: probed once per runs folder (RUNS/floors/evals), every view
@@ -105,6 +124,7 @@ floors() {  # floors CHECKPOINT: probed once per runs folder (RUNS/floors/evals)
     probe "$RUNS/floors" "$ckpt" "floor_$floor" "full context disk" --floor "$floor"
     classify "$RUNS/floors" "$ckpt" "floor_$floor" --floor "$floor"
   done
+  archive "$RUNS/floors"
 }
 
 read -r -a ARM_LIST <<< "${ARMS:-baseline lambda0}"
@@ -125,5 +145,6 @@ if [[ -f "$first/done" ]]; then
   floors "$first/checkpoints/latest" >> "$RUNS/floors.log" 2>&1 || failed=1
 fi
 
-.venv/bin/python benchmarks/study_table.py "$RUNS" --out "$OUT/table.md"
+mkdir -p "$OUT/results"
+.venv/bin/python benchmarks/study_table.py "$OUT/results" --out "$OUT/table.md"
 if ((failed)); then echo "== some jobs failed: see $RUNS/*.log" >&2; exit 1; fi

@@ -1,12 +1,17 @@
 """The method-effect study's table (issue #25): every arm and seed of a runs folder, both probe
 views, floors, and the differences paired by seed.
 
-    python benchmarks/study_table.py runs/study_arms --out docs/results/study/round3/table.md
+    python benchmarks/study_table.py docs/results/study/round3/results \
+        --out docs/results/study/round3/table.md
 
 Reads what `benchmarks/study_arms.sh` writes: RUN = RUNS/ARM_sSEED, its final probes
 RUN/evals/model_VIEW.json, kNN/linear RUN/evals/model_cls.json, the curve probes
 RUN/evals/step_N_VIEW.json, and the floors RUNS/floors/evals/floor_{random,pixels}_{VIEW,cls}.json
-(or those of any run, as written before the floors had their own folder).
+(or those of any run, as written before the floors had their own folder). The final step comes
+from RUN/checkpoints/latest, or RUN/final_step in an archive (study_arms.sh copies every run's
+result files to OUT/results, which is committed, so seeds trained in different sessions meet in
+one table). Several folders may be given: a run (ARM_sSEED) found in two of them is an error, and
+the floors are those of the first folder that has them.
 Paired differences: the reconstruction's own effect is (arm − lambda0) and the paper's claim
 (arm − baseline), each taken within a seed; -disk arms are paired with lambda0-disk. Reported as
 mean, sample std, n and mean/SE (SE = std/√n), and how many seeds have Δ > 0. With --plot, the
@@ -46,39 +51,59 @@ def read_cls(path: Path) -> dict[str, float]:
     return {name: float(metrics[key]) for name, key in CLASSIFIERS if key in metrics}
 
 
-def collect(runs: Path) -> dict:
-    """{"runs": {(arm, seed): {metric: value}}, "floors": {...}, "curves": {...}}.
+class DuplicateRunError(ValueError):
+    """The same ARM_sSEED in two of the folders given."""
+
+
+def collect(*folders: Path) -> dict:
+    """{"runs": {(arm, seed): {metric: value}}, "floors": {...}, "curves": {...}} of every run
+    in `folders`.
 
     Metric names: VIEW/TRANSFORM (R²), knn, linear; curves: (arm, VIEW/TRANSFORM) -> {step:
     [values over seeds]}."""
     table: dict[tuple[str, int], dict[str, float]] = {}
     floors: dict[str, dict[str, float]] = {}
     curves: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for run in sorted(p for p in runs.iterdir() if p.is_dir()):
-        match = RUN_NAME.match(run.name)
-        if not match:
-            if run.name == "floors":
-                _read_floors(run / "evals", floors)
-            continue
-        arm, seed, evals = match["arm"], int(match["seed"]), run / "evals"
-        row: dict[str, float] = {}
-        for view in VIEWS:
-            for t, v in read_r2(evals / f"model_{view}.json").items():
-                row[f"{view}/{t}"] = v
-        row.update(read_cls(evals / "model_cls.json"))
-        _read_floors(evals, floors)
-        for f in evals.glob("step_*_*.json") if evals.is_dir() else []:
-            m = STEP_FILE.match(f.name)
-            if m:
-                for t, v in read_r2(f).items():
-                    curves[(arm, f"{m['view']}/{t}")][int(m["step"])].append(v)
-        final_step = _final_step(run)
-        for key, v in row.items():
-            if "/" in key and final_step is not None:
-                curves[(arm, key)][final_step].append(v)
-        if row:
-            table[(arm, seed)] = row
+    seen: dict[str, Path] = {}
+    for folder in folders:
+        folder_floors: dict[str, dict[str, float]] = {}
+        for run in sorted(p for p in folder.iterdir() if p.is_dir()):
+            if run.name in seen and RUN_NAME.match(run.name):
+                raise DuplicateRunError(
+                    f"run {run.name} is in both {seen[run.name]} and {folder}: keep one"
+                )
+            seen[run.name] = folder
+            _collect_run(run, table, folder_floors, curves)
+        for floor, values in folder_floors.items():
+            if values:  # the first folder that has this floor gives it
+                floors.setdefault(floor, values)
     return {"runs": table, "floors": {k: v for k, v in floors.items() if v}, "curves": curves}
+
+
+def _collect_run(run: Path, table: dict, floors: dict, curves: dict) -> None:
+    match = RUN_NAME.match(run.name)
+    if not match:
+        if run.name == "floors":
+            _read_floors(run / "evals", floors)
+        return
+    arm, seed, evals = match["arm"], int(match["seed"]), run / "evals"
+    row: dict[str, float] = {}
+    for view in VIEWS:
+        for t, v in read_r2(evals / f"model_{view}.json").items():
+            row[f"{view}/{t}"] = v
+    row.update(read_cls(evals / "model_cls.json"))
+    _read_floors(evals, floors)
+    for f in evals.glob("step_*_*.json") if evals.is_dir() else []:
+        m = STEP_FILE.match(f.name)
+        if m:
+            for t, v in read_r2(f).items():
+                curves[(arm, f"{m['view']}/{t}")][int(m["step"])].append(v)
+    final_step = _final_step(run)
+    for key, v in row.items():
+        if "/" in key and final_step is not None:
+            curves[(arm, key)][final_step].append(v)
+    if row:
+        table[(arm, seed)] = row
 
 
 def _read_floors(evals: Path, floors: dict[str, dict[str, float]]) -> None:
@@ -90,11 +115,14 @@ def _read_floors(evals: Path, floors: dict[str, dict[str, float]]) -> None:
 
 
 def _final_step(run: Path) -> int | None:
-    latest = run / "checkpoints" / "latest"
-    if not latest.is_file():
-        return None
-    m = re.search(r"step_(\d+)", latest.read_text())
-    return int(m.group(1)) if m else None
+    """The run's final step: its checkpoints/latest, or the archive's final_step file."""
+    latest, archived = run / "checkpoints" / "latest", run / "final_step"
+    if latest.is_file():
+        m = re.search(r"step_(\d+)", latest.read_text())
+        return int(m.group(1)) if m else None
+    if archived.is_file():
+        return int(archived.read_text().strip())
+    return None
 
 
 def summary(values: list[float]) -> tuple[float, float, int]:
@@ -270,13 +298,19 @@ def plot_dose_response(data: dict, path: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", type=Path, help="the runs folder of benchmarks/study_arms.sh")
+    parser.add_argument(
+        "runs", type=Path, nargs="+", help="runs folders of benchmarks/study_arms.sh (or archives)"
+    )
     parser.add_argument("--out", type=Path, help="write the table here (markdown)")
     parser.add_argument("--plot", action="store_true", help="also write dose_response.png")
     args = parser.parse_args(argv)
-    if not args.runs.is_dir():
-        parser.error(f"no runs folder {args.runs}")
-    data = collect(args.runs)
+    for folder in args.runs:
+        if not folder.is_dir():
+            parser.error(f"no runs folder {folder}")
+    try:
+        data = collect(*args.runs)
+    except DuplicateRunError as e:
+        parser.error(str(e))
     text = render(data)
     print(text, end="")
     if args.out:

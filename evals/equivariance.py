@@ -16,7 +16,9 @@ or strips whose shape alone gives θ away, so a probe on such images measures bo
 features. By default ("context") g is applied to a larger image and the centre is cropped: I is
 the centre crop of the source, g(I) the centre crop of g(source), both natural images without
 any fill (the source side comes from `context_size`). "disk" multiplies I and g(I) by the
-inscribed disk, shrunk by `DISK_MARGIN` pixels (its rim would otherwise carry the fill); "full" is the plain protocol with the fill visible.
+inscribed disk shrunk by `disk_margin(transform)` pixels: `DISK_MARGIN` (the rim would otherwise
+carry the fill) plus g's largest shift, the same mask `recon.fill=disk` trains with; "full" is
+the plain protocol with the fill visible.
 
 Probe noise: `repeats` > 1 fits h that many times (seeds seed, seed+1, ...) on the same
 features and θ draws and reports the mean R² and the std across fits.
@@ -30,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from data_pipeline.transforms import EquiTransform
-from data_pipeline.transforms.fill import DISK_MARGIN, mask_to_disk
+from data_pipeline.transforms.fill import hide_fill
 from evals.features import FeatureFn, extract_features, to_cpu_features
 
 EQUIVARIANCE_VIEWS = ("context", "disk", "full")
@@ -89,7 +91,7 @@ class ProbeView:
         if self.view == "context":
             return center_crop(images, self.size)
         if self.view == "disk":
-            return mask_to_disk(images, DISK_MARGIN)
+            return hide_fill(self.transform, [images])[0]
         return images
 
     def plain(self, sources: Tensor) -> Tensor:

@@ -127,3 +127,29 @@ def test_every_arm_name_is_its_flags_on_the_study_config(arm: str, expected: dic
 def test_an_unknown_arm_is_refused_with_its_name() -> None:
     proc = arm_overrides("lambda4-fill", check=False)
     assert proc.returncode == 2 and "unknown arm suffix 'fill' in 'lambda4-fill'" in proc.stderr
+
+
+def test_archives_of_several_sessions_meet_in_one_table(runs: Path, tmp_path: Path) -> None:
+    """A seed archived by another session (no checkpoints, a final_step file) pairs with the
+    live runs; the same run in two folders is refused with its name; floors come from the first
+    folder that has them."""
+    archive = tmp_path / "archive"
+    for arm, full in (("baseline", 0.40), ("lambda0", 0.20), ("lambda4", 0.10)):
+        run = archive / f"{arm}_s7"
+        _probe(run / "evals" / "model_full.json", full, 0.0)
+        (run / "final_step").write_text("1200\n")
+    _probe(archive / "floors" / "evals" / "floor_pixels_full.json", 0.1, 0.1)
+    data = study_table.collect(runs, archive)
+    assert study_table.paired(data["runs"], "lambda4", "lambda0", "full/rotation")[
+        7
+    ] == pytest.approx(-0.10)
+    assert 7 in {s for a, s in data["runs"] if a == "baseline"} and 0 in {
+        s for a, s in data["runs"]
+    }
+    assert data["floors"]["pixels"]["full/rotation"] == 0.86  # the first folder's floor
+    assert data["curves"][("lambda0", "full/rotation")][1200][-1] == pytest.approx(0.20)
+    _probe(archive / "lambda0_s0" / "evals" / "model_full.json", 0.5, 0.0)
+    with pytest.raises(study_table.DuplicateRunError, match="lambda0_s0"):
+        study_table.collect(runs, archive)
+    with pytest.raises(SystemExit):
+        study_table.main([str(runs), str(archive)])

@@ -17,7 +17,7 @@ from torch import nn
 
 from data_pipeline.batch import IMAGENET_MEAN, IMAGENET_STD
 from data_pipeline.transforms import build_transform
-from data_pipeline.transforms.fill import DISK_MARGIN, inscribed_disk
+from data_pipeline.transforms.fill import DISK_MARGIN, disk_margin, inscribed_disk
 from evals.equivariance import ProbeView, center_crop, context_size, equivariance_r2
 from evals.features import backbone_feature_fn, extract_features
 
@@ -272,6 +272,29 @@ def test_disk_view_masks_outside_and_rotation_keeps_the_disk_filled() -> None:
     out = view.transformed(ones, torch.tensor([[45.0], [-45.0]]))
     assert (out * (1 - disk)).abs().max() == 0
     assert out[..., disk.bool()].min() > 0.999  # no fill inside the probe's disk
+
+
+@pytest.mark.parametrize("name", ["translation", "se2"])
+def test_disk_view_hides_the_fill_of_every_shift(name: str) -> None:
+    """A shift moves the disk with the image: the probe's disk shrinks by the largest shift (as
+    `recon.fill=disk` does in training), so no pixel it keeps shows the fill at any θ corner."""
+    transform = build_transform(name, SIZE)
+    view = ProbeView(transform, "disk", SIZE)
+    corners = torch.tensor(
+        [
+            [lo if bit else hi for bit, (lo, hi) in zip(bits, transform.param_ranges)]
+            for bits in torch.cartesian_prod(*[torch.tensor([0, 1])] * len(transform.param_ranges))
+        ]
+    ).float()
+    out = view.transformed(torch.ones(corners.shape[0], 3, SIZE, SIZE), corners)
+    kept = inscribed_disk(SIZE, disk_margin(transform)).bool()
+    assert disk_margin(transform) > DISK_MARGIN + 1
+    assert out[..., kept].min() > 0.999, f"{name}: the fill reached the disk"
+    assert out[..., ~kept].abs().max() == 0
+    if name == "se2":  # rotated corners shifted inwards: the rotation's margin alone leaks
+        rotation_disk = inscribed_disk(SIZE, DISK_MARGIN).bool()
+        shifted = transform.apply(torch.ones_like(out), corners)
+        assert (shifted[..., rotation_disk] < 0.99).any()
 
 
 @pytest.mark.parametrize(
