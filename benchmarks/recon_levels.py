@@ -21,6 +21,12 @@ data of a config (its real loader, its g_θ, its K targets u_k = g_{kθ/(K+1)}(u
 
 With `recon.fill=disk` among the overrides, views and targets are masked as in that training.
 
+`--theta-probe` adds the reference level of the positive control (`recon.theta_head_weight`):
+the study's equivariance probe h (evals/equivariance.py, 8 θ draws per image, 30 epochs) fitted
+on the raw pixels [u; g_θ(u)] of the *training* views u (the pool's, tested on the held-out
+batches), in the `disk` view under `recon.fill=disk`, else `full`: how much θ the views the
+control trains on carry for a model that sees their pixels.
+
 A table is printed and, with --out, written as JSON. The gaps tell where the chain can break:
 copy-v2 minus inverse is what knowing θ is worth to the loss; decoder(pixels) vs decoder
 (pixels + θ) is whether this decoder can infer θ and move content across patches by itself.
@@ -52,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         help="also train the decoder on this frozen encoder's tokens: 'random' or a checkpoint",
+    )
+    parser.add_argument(
+        "--theta-probe", action="store_true", help="also: the probe's R² of θ on the views' pixels"
     )
     parser.add_argument("--out", default=None)
     parser.add_argument("overrides", nargs="*", help="config key=value overrides")
@@ -141,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "decoder on pixels of u_k (autoencoder)": lambda v1, v2, th, t, j: pixels(t[j]),
     }
+    if args.theta_probe:
+        rows.append(_theta_probe(cfg, transform, train_pairs, eval_pairs, args.seed))
     for spec in args.encoder:
         inputs.update(_encoder_inputs(spec, cfg, patch))
     for name, make_input in inputs.items():
@@ -189,6 +200,28 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps({"config": args.config, "overrides": args.overrides, "rows": rows}, indent=1)
         )
     return 0
+
+
+def _theta_probe(cfg, transform, train_pairs: list, eval_pairs: list, seed: int) -> dict:
+    """The equivariance probe's rotation R² on raw pixels of the training views u."""
+    import torch
+
+    from evals.equivariance import equivariance_r2
+    from evals.providers import PixelFeatures
+
+    view = "disk" if cfg.recon.fill == "disk" else "full"
+    train = torch.cat([u for _, u in train_pairs])
+    test = torch.cat([u for _, u in eval_pairs])
+    pixels = PixelFeatures(cfg.model.patch_size)
+    t0 = time.perf_counter()
+    result = equivariance_r2(
+        pixels.global_features, train, test, transform, seed=seed, views_per_image=8, epochs=30,
+        view=view,
+    )  # fmt: skip
+    name = f"θ probe on pixels [u; g_θ u], training views, {view} view (R²)"
+    print(f"{name:<44} {result['r2']:8.4f}   ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return {"predictor": name, "kind": "theta_probe", "r2": float(result["r2"]), "view": view,
+            "train_images": int(train.shape[0]), "test_images": int(test.shape[0])}  # fmt: skip
 
 
 def _encoder_inputs(spec: str, cfg, patch: int) -> dict:

@@ -9,6 +9,8 @@
 #   ...-disk        recon.fill=disk: every view masked to the inscribed disk (θ from content only)
 #   ...-dequiN      recon.d_equi=N
 #   ...-stepsN      train.max_steps=N (e.g. thetaonly-steps600: the round-3 seed-0 control)
+#   ...-pxN         images of N px, patch N/8 (the same 8 x 8 tokens, so about the same cost):
+#                   resolution as the one knob; give such arms their own RUNS (their floors differ)
 # Error messages name "$0", the script that sourced this file.
 
 arm_overrides() {  # arm_overrides NAME: the key=value flags of an arm, one per line
@@ -29,6 +31,11 @@ arm_overrides() {  # arm_overrides NAME: the key=value flags of an arm, one per 
       disk) echo "recon.fill=disk" ;;
       dequi[0-9]*) echo "recon.d_equi=${suffix#dequi}" ;;
       steps[0-9]*) echo "train.max_steps=${suffix#steps}" ;;
+      px[0-9]*)
+        local px="${suffix#px}"
+        if ((px % 8)); then echo "$0: px$px in '$name' is not a multiple of 8" >&2; return 2; fi
+        printf '%s\n' "data.global_size=$px" "data.local_size=$((px / 2))" "model.patch_size=$((px / 8))"
+        ;;
       *) echo "unknown arm suffix '$suffix' in '$name' (see the header of $0)" >&2; return 2 ;;
     esac
   done
@@ -36,4 +43,8 @@ arm_overrides() {  # arm_overrides NAME: the key=value flags of an arm, one per 
 
 views_of() {  # views_of ARM: the probe views of an arm (-disk arms also get `disk`)
   if [[ "$1" == *-disk* ]]; then echo "full context disk"; else echo "full context"; fi
+}
+
+features_of() {  # features_of ARM: the probe's features besides `global` (equi: arms with a split head)
+  if [[ "$1" == baseline* ]]; then echo "grid2"; else echo "grid2 equi"; fi
 }

@@ -16,7 +16,11 @@
 # in the views `full` (zero fill visible, the paper's likely protocol) and `context` (content
 # only), plus `disk` for -disk arms; kNN and linear top-1 on the labelled clip art. Each result
 # is its own file (RUN/evals/model_VIEW.json, model_cls.json), so nothing overwrites anything.
-# CURVE_STEPS (default "300,600,900") adds the probe of those checkpoints (R² against steps).
+# CURVE_STEPS (default "300,600,900") adds the probe of those checkpoints (R² against steps), in
+# the views CURVE_VIEWS (default: the arm's views; "full" where only that view has range).
+# FEATURE_VIEWS (default "full") are the views in which the final checkpoint is also probed on
+# the other features (`features_of`: grid2 = [CLS; patch tokens pooled 2 x 2], equi = the split
+# head's z_equi), into RUN/evals/model_VIEW-FEATURE.json; the random-init floor gets grid2 too.
 # Resumable: finished trainings and results are skipped. A job that finishes archives its
 # result files (evals/*.json and the final step, a few KB) to OUT/results/ARM_sSEED, which is
 # committed: new files are added, an archived file is never overwritten (a differing one is
@@ -39,6 +43,7 @@ OUT="${OUT:-docs/results/study/round3}"
 NICE="${NICE:-5}"
 JOBS="${JOBS:-2}"
 CURVE_STEPS="${CURVE_STEPS-300,600,900}"
+FEATURE_VIEWS="${FEATURE_VIEWS-full}"
 EQ="${EQ:-.venv/bin/equirecon}"
 CFG=configs/study/vicreg_rot_recon.yaml
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
@@ -79,6 +84,24 @@ probe() {  # probe RUN CHECKPOINT TAG VIEWS [--floor F]: one file per view
   done
 }
 
+probe_features() {  # probe_features RUN CHECKPOINT VIEWS FEATURES [--floor F]: model_VIEW-F.json
+  local run="$1" ckpt="$2" views="$3" features="$4" view feature
+  shift 4
+  for view in $views; do
+    for feature in $features; do
+      local out="$run/evals/${TAG_PREFIX:-model}_$view-$feature.json" flags=()
+      [[ -f "$out" ]] && continue
+      case "$feature" in
+        grid[0-9]*) flags=(eval.equivariance.features=grid "eval.equivariance.grid=${feature#grid}") ;;
+        *) flags=("eval.equivariance.features=$feature") ;;
+      esac
+      echo "== $run: probe ${TAG_PREFIX:-model}, view $view, features $feature ($(date -u +%T))"
+      nice -n "$NICE" "$EQ" eval --checkpoint "$ckpt" --config "$CFG" --tasks equivariance \
+        "${PROBE[@]}" "eval.equivariance.view=$view" "${flags[@]}" --out "$out" --no-mlflow "$@"
+    done
+  done
+}
+
 classify() {  # classify RUN CHECKPOINT TAG [--floor F]: kNN and linear top-1
   local run="$1" ckpt="$2" out="$1/evals/$3_cls.json"
   shift 3
@@ -109,11 +132,12 @@ job() {  # job ARM SEED: train, then every probe of this run
   pretrain "$arm" "$seed"
   probe "$run" "$run/checkpoints/latest" model "$views"
   classify "$run" "$run/checkpoints/latest" model
+  probe_features "$run" "$run/checkpoints/latest" "$FEATURE_VIEWS" "$(features_of "$arm")"
   IFS=',' read -r -a steps <<< "$CURVE_STEPS"
   for step in "${steps[@]}"; do
     local ckpt
     ckpt="$run/checkpoints/$(printf 'step_%08d' "$step")"
-    [[ -d "$ckpt" ]] && probe "$run" "$ckpt" "$(basename "$ckpt")" "$views"
+    [[ -d "$ckpt" ]] && probe "$run" "$ckpt" "$(basename "$ckpt")" "${CURVE_VIEWS:-$views}"
   done
   archive "$run"
 }
@@ -124,6 +148,7 @@ floors() {  # floors CHECKPOINT: probed once per runs folder (RUNS/floors/evals)
     probe "$RUNS/floors" "$ckpt" "floor_$floor" "full context disk" --floor "$floor"
     classify "$RUNS/floors" "$ckpt" "floor_$floor" --floor "$floor"
   done
+  TAG_PREFIX=floor_random probe_features "$RUNS/floors" "$ckpt" "$FEATURE_VIEWS" grid2 --floor random
   archive "$RUNS/floors"
 }
 

@@ -33,6 +33,8 @@ VIEWS = ("full", "context", "disk")
 CLASSIFIERS = (("knn", "eval/knn/top1"), ("linear", "eval/linear/top1"))
 RUN_NAME = re.compile(r"^(?P<arm>.+)_s(?P<seed>\d+)$")
 STEP_FILE = re.compile(r"^step_(?P<step>\d+)_(?P<view>[a-z]+)\.json$")
+# A probe on features other than `global`: TAG_VIEW-FEATURE.json (study_arms.sh probe_features).
+FEATURE_FILE = re.compile(r"^(?P<tag>.+)_(?P<view>[a-z]+)-(?P<feature>[a-z]+\d*)\.json$")
 
 
 def read_r2(path: Path) -> dict[str, float]:
@@ -91,6 +93,7 @@ def _collect_run(run: Path, table: dict, floors: dict, curves: dict) -> None:
     for view in VIEWS:
         for t, v in read_r2(evals / f"model_{view}.json").items():
             row[f"{view}/{t}"] = v
+    row.update(read_features(evals, "model"))
     row.update(read_cls(evals / "model_cls.json"))
     _read_floors(evals, floors)
     for f in evals.glob("step_*_*.json") if evals.is_dir() else []:
@@ -106,11 +109,23 @@ def _collect_run(run: Path, table: dict, floors: dict, curves: dict) -> None:
         table[(arm, seed)] = row
 
 
+def read_features(evals: Path, tag: str) -> dict[str, float]:
+    """{VIEW-FEATURE/TRANSFORM: R²} of the probes of `tag` on other features than global."""
+    out: dict[str, float] = {}
+    for f in sorted(evals.glob(f"{tag}_*-*.json")) if evals.is_dir() else []:
+        m = FEATURE_FILE.match(f.name)
+        if m and m["tag"] == tag and m["view"] in VIEWS:
+            for t, v in read_r2(f).items():
+                out[f"{m['view']}-{m['feature']}/{t}"] = v
+    return out
+
+
 def _read_floors(evals: Path, floors: dict[str, dict[str, float]]) -> None:
     for floor in ("random", "pixels"):
         for view in VIEWS:
             for t, v in read_r2(evals / f"floor_{floor}_{view}.json").items():
                 floors.setdefault(floor, {})[f"{view}/{t}"] = v
+        floors.setdefault(floor, {}).update(read_features(evals, f"floor_{floor}"))
         floors.setdefault(floor, {}).update(read_cls(evals / f"floor_{floor}_cls.json"))
 
 
@@ -161,9 +176,18 @@ def _mean_std(values: list[float], digits: int = 3) -> str:
 
 
 def metrics_of(runs: dict) -> list[str]:
+    """The metrics any run has: global-feature R² by view, then other features, then top-1."""
     present = {k for row in runs.values() for k in row}
-    order = [f"{v}/{t}" for v in VIEWS for t in TRANSFORMS] + [name for name, _ in CLASSIFIERS]
-    return [m for m in order if m in present]
+    order = [f"{v}/{t}" for v in VIEWS for t in TRANSFORMS]
+    other = sorted(
+        (m for m in present if "-" in m.split("/")[0]),
+        key=lambda m: (
+            VIEWS.index(m.split("-")[0]),
+            m.split("/")[0],
+            TRANSFORMS.index(m.split("/")[1]),
+        ),
+    )
+    return [m for m in order if m in present] + other + [n for n, _ in CLASSIFIERS if n in present]
 
 
 def render(data: dict) -> str:
@@ -200,8 +224,8 @@ def render(data: dict) -> str:
     for arm in arms:
         for reference in ("lambda0", "baseline"):
             base = arm.split("-")[0]
-            if base in (reference, "baseline") or not base.startswith(("lambda", "control")):
-                continue  # the floors' and thetaonly's own numbers are read, not paired
+            if base in (reference, "baseline") or not base.startswith("lambda"):
+                continue  # the controls (θ heads) are read on their own, not paired
             for m in metrics:
                 diffs = paired(runs, arm, reference, m)
                 if not diffs:
@@ -236,6 +260,7 @@ def _label(metric: str) -> str:
     if "/" not in metric:
         return {"knn": "kNN top-1 %", "linear": "linear top-1 %"}[metric]
     view, t = metric.split("/")
+    view = view.replace("-", ", ")  # "full-grid2" (features other than global) -> "full, grid2"
     return f"{view}: {'rotation' if t == 'rotation' else 'SE(2)'} R²"
 
 

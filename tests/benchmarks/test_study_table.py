@@ -112,6 +112,10 @@ def test_cli_writes_the_table_and_the_plot(runs: Path, tmp_path: Path) -> None:
             },
         ),
         ("lambda4-dequi224", {"recon.lam": 4.0, "recon.d_equi": 224}),
+        (
+            "thetaonly-disk-px64",
+            {"data.global_size": 64, "model.patch_size": 8, "recon.fill": "disk"},
+        ),
     ],
 )
 def test_every_arm_name_is_its_flags_on_the_study_config(arm: str, expected: dict) -> None:
@@ -127,6 +131,8 @@ def test_every_arm_name_is_its_flags_on_the_study_config(arm: str, expected: dic
 def test_an_unknown_arm_is_refused_with_its_name() -> None:
     proc = arm_overrides("lambda4-fill", check=False)
     assert proc.returncode == 2 and "unknown arm suffix 'fill' in 'lambda4-fill'" in proc.stderr
+    proc = arm_overrides("lambda4-px60", check=False)  # 8 x 8 tokens need a multiple of 8
+    assert proc.returncode == 2 and "px60 in 'lambda4-px60' is not a multiple of 8" in proc.stderr
 
 
 def test_archives_of_several_sessions_meet_in_one_table(runs: Path, tmp_path: Path) -> None:
@@ -153,3 +159,22 @@ def test_archives_of_several_sessions_meet_in_one_table(runs: Path, tmp_path: Pa
         study_table.collect(runs, archive)
     with pytest.raises(SystemExit):
         study_table.main([str(runs), str(archive)])
+
+
+def test_other_features_are_their_own_columns_and_pairs(runs: Path) -> None:
+    """Probes on grid/equi features (RUN/evals/model_VIEW-FEATURE.json) never mix with the
+    global vector's: own metric, own column, paired like the rest; the floor's grid too."""
+    for seed, (lam0, lam4) in enumerate([(0.5, 0.7), (0.4, 0.5)]):
+        _probe(runs / f"lambda0_s{seed}" / "evals" / "model_full-grid2.json", lam0, 0.0)
+        _probe(runs / f"lambda4_s{seed}" / "evals" / "model_full-grid2.json", lam4, 0.0)
+    _probe(runs / "lambda4_s0" / "evals" / "model_full-equi.json", 0.9, 0.0)
+    _probe(runs / "floors" / "evals" / "floor_random_full-grid2.json", 0.33, 0.0)
+    data = study_table.collect(runs)
+    assert data["runs"][("lambda4", 0)]["full/rotation"] == 0.20  # global untouched
+    assert data["runs"][("lambda4", 0)]["full-grid2/rotation"] == 0.7
+    assert data["floors"]["random"]["full-grid2/rotation"] == 0.33
+    diffs = study_table.paired(data["runs"], "lambda4", "lambda0", "full-grid2/rotation")
+    assert diffs == pytest.approx({0: 0.2, 1: 0.1})
+    text = study_table.render(data)
+    assert "full, grid2: rotation R²" in text and "full, equi: rotation R²" in text
+    assert "| lambda4 − lambda0 | full, grid2: rotation R² | s0: +0.200, s1: +0.100 |" in text

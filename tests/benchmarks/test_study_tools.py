@@ -118,6 +118,27 @@ def test_recon_levels_in_disk_mode_score_the_masked_targets(
     assert levels["disk"]["inverse of v2 (θ known)"] < levels["disk"]["copy v2"]
 
 
+def test_recon_levels_theta_probe_reads_the_fill_only_where_it_is_shown(
+    tmp_path: Path, demo_data: Path
+) -> None:
+    """--theta-probe: the probe's h on the training views' pixels reads θ off the zero fill
+    (full view) and loses most of it when recon.fill=disk hides the fill (disk view)."""
+    overrides = [o for o in TINY_OVERRIDES if o.split("=")[0].startswith(("data.", "model."))]
+    r2 = {}
+    for fill in ("zero", "disk"):
+        out = tmp_path / f"{fill}.json"
+        argv = ["--config", "configs/demo_cpu.yaml", "--pool", "8", "--eval-batches", "4"]
+        argv += ["--decoders", "no decoder", "--theta-probe", "--out", str(out)]
+        argv += [f"data.path={demo_data}", *overrides, "recon.transform=rotation"]
+        argv += ["data.global_size=32", "train.batch_size=16", f"recon.fill={fill}"]
+        assert recon_levels.main(argv) == 0
+        (row,) = [r for r in json.loads(out.read_text())["rows"] if r["kind"] == "theta_probe"]
+        assert row["view"] == ("disk" if fill == "disk" else "full")
+        assert (row["train_images"], row["test_images"]) == (128, 64)
+        r2[fill] = row["r2"]
+    assert r2["zero"] - r2["disk"] > 0.2, r2  # 128 images: 0.32 against -0.06 here
+
+
 def test_grad_ratio_per_checkpoint(tmp_path: Path, demo_data: Path, tracking_uri: str) -> None:
     from benchmarks import grad_ratio
     from launch.entry import pretrain
