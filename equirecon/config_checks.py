@@ -29,6 +29,7 @@ from equirecon.checks import (
 from equirecon.config_schema import (
     AUGMENTATION_MODES,
     CENTERINGS,
+    INIT_FORMATS,
     LR_SCALING_RULES,
     Config,
     flat_dict,
@@ -104,6 +105,7 @@ VALUE_CHECKS: tuple[tuple[str, Rule], ...] = (
     ("model.layerscale", NON_NEGATIVE),
     ("model.num_registers", NON_NEGATIVE),
     ("model.attention", one_of(("sdpa", "math"))),
+    ("model.init_format", one_of(INIT_FORMATS)),
     ("method.head_out_dim", POSITIVE),
     ("method.head_hidden_dim", POSITIVE),
     ("method.head_bottleneck_dim", POSITIVE),

@@ -21,6 +21,10 @@ AUGMENTATION_MODES = ("all", "rot")
 
 CENTERINGS = ("sinkhorn_knopp", "centering")  # method.centering (DINOv2 teacher targets)
 
+# model.init_format: the file formats of pretrain/init_weights.py (FORMATS; tests keep the two
+# in step), or auto (the first format that claims the path).
+INIT_FORMATS = ("auto", "equirecon", "ibot", "dinov2", "timm")
+
 # How the peak lr follows the global batch B (`train.lr_scaling`, pretrain/schedules.py).
 LR_SCALING_RULES = ("linear", "sqrt_1024", "none")
 
@@ -75,6 +79,10 @@ class ModelConfig:
     layerscale: float | None = None
     num_registers: int = 0
     attention: str = "sdpa"  # sdpa | math
+    # Continued pretraining: a backbone file loaded into the student and teacher backbones at the
+    # start of a fresh run (never on resume). "": random init. pretrain/init_weights.py
+    init: str = ""
+    init_format: str = "auto"  # auto | equirecon | ibot | dinov2 | timm
 
 
 @dataclass

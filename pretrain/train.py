@@ -26,6 +26,7 @@ from equirecon.storage import guard_write
 from equirecon.tracking import MetricsFile, Tracker, describe_tracking
 from pretrain.checkpoint import Checkpointer, select_checkpoint_all_ranks
 from pretrain.distributed import DistInfo, all_reduce_min, barrier, init_distributed
+from pretrain.init_weights import InitSource, init_method_backbones
 from pretrain.meters import device_peak_flops, ssl_step_flops
 from pretrain.methods import build_method
 from pretrain.methods.base import SSLMethod, StepOutput
@@ -80,7 +81,14 @@ class Trainer(CheckpointMixin, LoggingMixin, NonFiniteMixin):
             save_config(cfg, self.run_dir / "config.yaml")
         barrier()
 
-        self.method: SSLMethod = build_method(cfg).to(self.device)
+        method = build_method(cfg)
+        # Continued pretraining (model.init) in a fresh run; a resumed run restores its own.
+        self.init_source: InitSource | None = None
+        if cfg.model.init and self.resume_from is None:
+            self.init_source = init_method_backbones(method, cfg.model.init, cfg.model.init_format)
+            if self.dist.is_main:
+                log.info("model.init: %s", self.init_source.describe())
+        self.method: SSLMethod = method.to(self.device)
         self.method.batch_slice = (self.dist.rank, self.dist.world_size)
         # ... and rank-specific randomness from here on (drop-path, reader-side draws).
         torch.manual_seed(cfg.train.seed + 1_000 * self.dist.rank)

@@ -37,7 +37,7 @@ def save_recon_grid(out: StepOutput, path: Path) -> bool:
 class LoggingMixin:
     """Metrics of a `pretrain.train.Trainer`: it provides `cfg`, `dist`, `device`, `run_dir`,
     `schedules`, `loader`, `step`, `last_grad_norm`, `metrics_file`, `tracker`,
-    `flops_per_image` and `peak_flops`."""
+    `flops_per_image`, `peak_flops` and `init_source`."""
 
     def resolved_params(self) -> dict[str, Any]:
         """Values derived from the config and the world size (logged as MLflow params)."""
@@ -45,6 +45,8 @@ class LoggingMixin:
             "resolved.global_batch": self.cfg.train.batch_size * self.dist.world_size,
             "resolved.peak_lr": self.schedules.lr,
             "resolved.lr_scaling": self.cfg.train.lr_scaling,
+            # model.init: the file loaded and its SHA-256 (a fresh run only)
+            **(self.init_source.params() if self.init_source is not None else {}),
         }
 
     def lr_summary(self) -> str:

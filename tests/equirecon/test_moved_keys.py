@@ -44,6 +44,8 @@ ADDED_SINCE = {
     "recon.theta_head_weight": 0.0,  # the study's θ control (issue #25), off
     "eval.equivariance.subset": "natural",  # the probe's images (issue #25), the photos
     "recon.fill": "zero",  # training views show g's zero fill (the paper; issue #25)
+    "model.init": "",  # continued pretraining from a backbone file (issue #26), random init
+    "model.init_format": "auto",
 }
 # Configs shipped after the capture (nothing to compare them with).
 ADDED_CONFIGS = {

@@ -43,6 +43,7 @@ BAD_VALUES = {
     "model.layerscale": "-0.1",
     "model.num_registers": "-1",
     "model.attention": "flash",
+    "model.init_format": "safetensors",
     "method.head_out_dim": "0",
     "method.head_hidden_dim": "0",
     "method.head_bottleneck_dim": "0",
@@ -196,3 +197,7 @@ def test_choice_lists_match_their_registries() -> None:
     read = {subset for spec in task_specs() for subset in spec.data}
     assert set(EQUIVARIANCE_SUBSETS) == read == set(MAKE_SUBSET)
     assert sorted(task_names()) == registered_tasks()
+    from equirecon.config_schema import INIT_FORMATS
+    from pretrain.init_weights import format_names
+
+    assert list(INIT_FORMATS) == ["auto", *format_names()]
