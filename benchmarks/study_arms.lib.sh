@@ -9,6 +9,7 @@
 #   ...-disk        recon.fill=disk: every view masked to the inscribed disk (θ from content only)
 #   ...-dequiN      recon.d_equi=N
 #   ...-stepsN      train.max_steps=N (e.g. thetaonly-steps600: the round-3 seed-0 control)
+#   ...-lrN         train.base_lr=N·1e-3 (the study's arms run at lr8: 8e-3, 4x the paper rule)
 #   ...-pxN         images of N px, patch N/8 (the same 8 x 8 tokens, so about the same cost):
 #                   resolution as the one knob; give such arms their own RUNS (their floors differ)
 # Error messages name "$0", the script that sourced this file.
@@ -31,6 +32,7 @@ arm_overrides() {  # arm_overrides NAME: the key=value flags of an arm, one per 
       disk) echo "recon.fill=disk" ;;
       dequi[0-9]*) echo "recon.d_equi=${suffix#dequi}" ;;
       steps[0-9]*) echo "train.max_steps=${suffix#steps}" ;;
+      lr[0-9]*) echo "train.base_lr=${suffix#lr}e-3" ;;
       px[0-9]*)
         local px="${suffix#px}"
         if ((px % 8)); then echo "$0: px$px in '$name' is not a multiple of 8" >&2; return 2; fi

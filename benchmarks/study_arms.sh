@@ -117,7 +117,10 @@ archive() {  # archive RUN: add its result files to OUT/results/NAME, never over
   if [[ -f "$run/checkpoints/latest" ]]; then
     sed -E 's/.*step_0*([0-9]+).*/\1/' "$run/checkpoints/latest" > "$run/final_step"
   fi
-  for file in "$run"/evals/*.json "$run/final_step"; do
+  if [[ -f "$run/metrics.jsonl" ]]; then
+    .venv/bin/python benchmarks/study_table.py "$run" --train-losses > "$run/train_losses.json"
+  fi
+  for file in "$run"/evals/*.json "$run/final_step" "$run/train_losses.json"; do
     [[ -f "$file" ]] || continue
     local to="$dest/${file#"$run"/}"
     if [[ ! -f "$to" ]]; then cp "$file" "$to"

@@ -33,6 +33,13 @@ VIEWS = ("full", "context", "disk")
 CLASSIFIERS = (("knn", "eval/knn/top1"), ("linear", "eval/linear/top1"))
 RUN_NAME = re.compile(r"^(?P<arm>.+)_s(?P<seed>\d+)$")
 STEP_FILE = re.compile(r"^step_(?P<step>\d+)_(?P<view>[a-z]+)\.json$")
+# Training losses summarized per run (TRAIN_LOSSES file in an archive, metrics.jsonl live).
+LOSSES = (
+    ("theta", "train/loss_theta_control"),
+    ("recon", "train/loss_recon"),
+    ("ssl", "train/loss_ssl"),
+)
+TRAIN_LOSSES = "train_losses.json"
 # A probe on features other than `global`: TAG_VIEW-FEATURE.json (study_arms.sh probe_features).
 FEATURE_FILE = re.compile(r"^(?P<tag>.+)_(?P<view>[a-z]+)-(?P<feature>[a-z]+\d*)\.json$")
 
@@ -66,6 +73,7 @@ def collect(*folders: Path) -> dict:
     table: dict[tuple[str, int], dict[str, float]] = {}
     floors: dict[str, dict[str, float]] = {}
     curves: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    losses: dict[tuple[str, int], dict[str, float]] = {}
     seen: dict[str, Path] = {}
     for folder in folders:
         folder_floors: dict[str, dict[str, float]] = {}
@@ -76,10 +84,49 @@ def collect(*folders: Path) -> dict:
                 )
             seen[run.name] = folder
             _collect_run(run, table, folder_floors, curves)
+            match = RUN_NAME.match(run.name)
+            run_losses = read_losses(run)
+            if match and run_losses:
+                losses[(match["arm"], int(match["seed"]))] = run_losses
         for floor, values in folder_floors.items():
             if values:  # the first folder that has this floor gives it
                 floors.setdefault(floor, values)
-    return {"runs": table, "floors": {k: v for k, v in floors.items() if v}, "curves": curves}
+    floors = {k: v for k, v in floors.items() if v}
+    return {"runs": table, "floors": floors, "curves": curves, "losses": losses}
+
+
+def train_losses(metrics_jsonl: Path, window: int = 100) -> dict:
+    """{name: {"last": mean over the last `window` logged steps, "every": [(step, window mean)]}}
+    of the training losses in a run's metrics.jsonl (`LOSSES`; those the run logged)."""
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for line in metrics_jsonl.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        for name, key in LOSSES:
+            if key in row and "step" in row:
+                series[name].append((int(row["step"]), float(row[key])))
+    out = {}
+    for name, points in series.items():
+        chunks = [points[i : i + window] for i in range(0, len(points), window)]
+        out[name] = {
+            "last": statistics.fmean(v for _, v in points[-window:]),
+            "every": [(c[-1][0], round(statistics.fmean(v for _, v in c), 4)) for c in chunks],
+        }
+    return out
+
+
+def read_losses(run: Path) -> dict[str, float]:
+    """{name: last-window mean} of a run's training losses: the archive's file, else metrics.jsonl."""
+    archived, live = run / TRAIN_LOSSES, run / "metrics.jsonl"
+    if archived.is_file():
+        data = json.loads(archived.read_text())
+    elif live.is_file():
+        data = train_losses(live)
+    else:
+        return {}
+    return {name: float(d["last"]) for name, d in data.items()}
 
 
 def _collect_run(run: Path, table: dict, floors: dict, curves: dict) -> None:
@@ -239,6 +286,26 @@ def render(data: dict) -> str:
                     f"| {arm} − {reference_arm(arm, reference)} | {_label(m)} | {per_seed} | "
                     f"{mean:+.{digits}f} ± {std:.{digits}f} | {n} | {z} | {pos}/{n} |"
                 )
+    losses = data.get("losses", {})
+    if losses:
+        names = [n for n, _ in LOSSES if any(n in v for v in losses.values())]
+        lines += [
+            "",
+            "## Training losses (mean of the last 100 logged steps; mean ± std over seeds)",
+            "",
+            "θ: the control head's MSE (predicting the mean: 0.333); recon: L_recon (λ = 0: its"
+            " decoders are untrained); ssl: the base method's loss.",
+            "",
+            "| arm | seeds | " + " | ".join(names) + " |",
+            "|---|---|" + "---:|" * len(names),
+        ]
+        for arm in sorted({a for a, _ in losses}, key=_arm_order):
+            seeds = sorted(s for a, s in losses if a == arm)
+            cells = [
+                _mean_std([losses[(arm, s)][n] for s in seeds if n in losses[(arm, s)]])
+                for n in names
+            ]
+            lines.append(f"| {arm} | {','.join(map(str, seeds))} | " + " | ".join(cells) + " |")
     if curves:
         steps = sorted({s for c in curves.values() for s in c})
         lines += [
@@ -328,10 +395,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, help="write the table here (markdown)")
     parser.add_argument("--plot", action="store_true", help="also write dose_response.png")
+    parser.add_argument(
+        "--train-losses",
+        action="store_true",
+        help="print the training-loss summary (JSON) of the one run given, for the archive",
+    )
     args = parser.parse_args(argv)
     for folder in args.runs:
         if not folder.is_dir():
             parser.error(f"no runs folder {folder}")
+    if args.train_losses:
+        metrics = args.runs[0] / "metrics.jsonl"
+        if len(args.runs) != 1 or not metrics.is_file():
+            parser.error(f"--train-losses reads one run's metrics.jsonl: {metrics} is not there")
+        print(json.dumps(train_losses(metrics)))
+        return 0
     try:
         data = collect(*args.runs)
     except DuplicateRunError as e:

@@ -112,6 +112,7 @@ def test_cli_writes_the_table_and_the_plot(runs: Path, tmp_path: Path) -> None:
             },
         ),
         ("lambda4-dequi224", {"recon.lam": 4.0, "recon.d_equi": 224}),
+        ("thetaonly-disk-lr2", {"train.base_lr": 2e-3, "recon.fill": "disk"}),
         (
             "thetaonly-disk-px64",
             {"data.global_size": 64, "model.patch_size": 8, "recon.fill": "disk"},
@@ -178,3 +179,28 @@ def test_other_features_are_their_own_columns_and_pairs(runs: Path) -> None:
     text = study_table.render(data)
     assert "full, grid2: rotation R²" in text and "full, equi: rotation R²" in text
     assert "| lambda4 − lambda0 | full, grid2: rotation R² | s0: +0.200, s1: +0.100 |" in text
+
+
+def test_training_losses_are_summarized_live_and_archived(
+    runs: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The θ head's and L_recon's last-100-step means come from a live run's metrics.jsonl or
+    an archive's train_losses.json (written by --train-losses), and land in their own section."""
+    live = runs / "lambda4_s0" / "metrics.jsonl"
+    rows = [{"step": s, "train/loss_recon": 1.0 if s <= 100 else 0.3} for s in range(1, 201)]
+    live.write_text("\n".join(json.dumps(r) for r in rows) + "\n{cut")
+    summary = study_table.train_losses(live)
+    assert summary["recon"]["last"] == pytest.approx(0.3)
+    assert summary["recon"]["every"] == [(100, 1.0), (200, 0.3)]
+    archived = runs / "lambda4_s1" / study_table.TRAIN_LOSSES
+    archived.write_text(json.dumps({"recon": {"last": 0.5, "every": []}, "theta": {"last": 0.33}}))
+    data = study_table.collect(runs)
+    assert data["losses"][("lambda4", 0)] == {"recon": pytest.approx(0.3)}
+    assert data["losses"][("lambda4", 1)] == {"recon": 0.5, "theta": 0.33}
+    text = study_table.render(data)
+    assert "| arm | seeds | theta | recon |" in text
+    assert "| lambda4 | 0,1 | 0.330 | 0.400 ± 0.141 |" in text  # θ: seed 1 only
+    assert study_table.main([str(runs / "lambda4_s0"), "--train-losses"]) == 0
+    assert json.loads(capsys.readouterr().out)["recon"]["last"] == pytest.approx(0.3)
+    with pytest.raises(SystemExit):  # no metrics.jsonl
+        study_table.main([str(runs / "lambda0_s0"), "--train-losses"])
