@@ -149,6 +149,9 @@ VALUE_CHECKS: tuple[tuple[str, Rule], ...] = (
     ("train.layerwise_decay", UNIT),
     ("train.patch_embed_lr_mult", NON_NEGATIVE),
     ("train.freeze_last_layer_steps", NON_NEGATIVE),
+    ("train.freeze_backbone_steps", NON_NEGATIVE),
+    ("train.backbone_lr_scale", UNIT),
+    ("train.backbone_warmup_steps", NON_NEGATIVE),
     ("train.min_lr", NON_NEGATIVE),
     ("train.warmup_steps", NON_NEGATIVE),
     ("train.weight_decay", NON_NEGATIVE),
@@ -197,6 +200,22 @@ def _bad(key: str, value: Any, expected: str) -> ConfigError:
     return ConfigError(f"{key}={value!r}: must be {expected}")
 
 
+def _check_backbone_schedule(cfg: Config) -> None:
+    """The backbone must train for at least one step, and its warm-up end by the last step."""
+    tr = cfg.train
+    freeze, warmup, total = tr.freeze_backbone_steps, tr.backbone_warmup_steps, tr.max_steps
+    if freeze >= total:
+        raise ConfigError(
+            f"train.freeze_backbone_steps={freeze}: must be < train.max_steps ({total}), or the "
+            "backbone never trains"
+        )
+    if freeze + warmup > total:
+        raise ConfigError(
+            f"train.backbone_warmup_steps={warmup}: the backbone's warm-up from step {freeze} "
+            f"(train.freeze_backbone_steps) must end by train.max_steps ({total})"
+        )
+
+
 def validate(cfg: Config) -> None:
     """Value checks (VALUE_CHECKS), then cross-field checks; errors name the key and the value."""
     values = flat_dict(cfg)
@@ -221,6 +240,7 @@ def validate(cfg: Config) -> None:
             f"recon.fill={cfg.recon.fill}: hiding g_θ's fill needs g (recon.enabled=true); "
             "without g no view has a fill (leave recon.fill=zero)"
         )
+    _check_backbone_schedule(cfg)
     patch = arch_patch_size(cfg)
     if patch is not None:
         for key in ("data.global_size", "eval.img_size"):

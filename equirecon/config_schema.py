@@ -181,6 +181,14 @@ class TrainConfig:
     # Weight decay also on the position embedding and the cls/register/mask tokens (biases,
     # norms and LayerScale never decay). null: the recipe.
     weight_decay_tokens: bool | None = None
+    # Continued pretraining (model.init; issue #26): the student backbone's lr is 0 for the first
+    # `freeze_backbone_steps` steps (fresh heads learn first; the backbone and the teacher's copy
+    # stay bit-identical), then backbone_lr_scale × the scheduled lr, ramped linearly over
+    # `backbone_warmup_steps` from the unfreeze step; layer-wise decay applies on top. Heads keep
+    # the full lr. pretrain/schedules.py
+    freeze_backbone_steps: int = 0
+    backbone_lr_scale: float = 1.0
+    backbone_warmup_steps: int = 0
     min_lr: float = 1e-6
     warmup_steps: int = 0
     weight_decay: float = 0.04

@@ -12,10 +12,16 @@ Each trainable parameter of the student gets (as DINOv2's `get_params_groups_wit
   `weight_decay_tokens`; else 1.
 - `last_layer`: the prototype layer of the DINO/iBOT head (`prototypes`, `prototype_gain`),
   whose lr is 0 during `train.freeze_last_layer_steps` (only marked when that is > 0).
+- `backbone`: every parameter of the student backbone (`encoder.backbone.*`, the mask token
+  included), whose lr follows the backbone's own schedule (`train.freeze_backbone_steps`,
+  `train.backbone_lr_scale`, `train.backbone_warmup_steps`; only marked when one of them is
+  not its default, so that the groups, and the checkpoints' optimizer state, of other runs stay
+  as they were).
 
-Parameters with equal (lr_mult, wd_mult, last_layer) share one group; groups with weight decay
-come first. With every multiplier 1 and no freeze that is the two groups [decay, no decay] of
-before. `pretrain.schedules.apply_schedules` turns the multipliers into each step's values.
+Parameters with equal (lr_mult, wd_mult, last_layer, backbone) share one group; groups with
+weight decay come first. With every multiplier 1 and no freeze that is the two groups
+[decay, no decay] of before. `pretrain.schedules.apply_schedules` turns the multipliers into
+each step's values.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ class GroupRule:
     patch_embed_lr_mult: float = 1.0
     freeze_last_layer: bool = False
     weight_decay_tokens: bool = False
+    backbone_schedule: bool = False  # the backbone's groups apart, marked `backbone`
 
     @classmethod
     def from_config(cls, cfg: Any) -> GroupRule:
@@ -56,7 +63,14 @@ class GroupRule:
             patch_embed_lr_mult=1.0 if tr.patch_embed_lr_mult is None else tr.patch_embed_lr_mult,
             freeze_last_layer=bool(tr.freeze_last_layer_steps),
             weight_decay_tokens=bool(tr.weight_decay_tokens),
+            backbone_schedule=has_backbone_schedule(cfg),
         )
+
+
+def has_backbone_schedule(cfg: Any) -> bool:
+    """Whether the backbone's lr has its own schedule (a `train.*` backbone key set)."""
+    tr = cfg.train
+    return bool(tr.freeze_backbone_steps or tr.backbone_warmup_steps or tr.backbone_lr_scale != 1.0)
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,7 @@ class Multipliers:
     lr_mult: float
     wd_mult: float
     last_layer: bool
+    backbone: bool = False
 
 
 def _num_blocks(names: list[str]) -> int:
@@ -79,7 +94,8 @@ def param_multipliers(student: nn.Module, rule: GroupRule | None = None) -> dict
     out: dict[str, Multipliers] = {}
     for name, p in params:
         lr_mult = 1.0
-        if name.startswith(BACKBONE_PREFIX):
+        in_backbone = name.startswith(BACKBONE_PREFIX)
+        if in_backbone:
             local = name[len(BACKBONE_PREFIX) :]
             block = _BLOCK.match(local)
             if block:
@@ -98,16 +114,22 @@ def param_multipliers(student: nn.Module, rule: GroupRule | None = None) -> dict
             wd_mult = 1.0 if rule.weight_decay_tokens else 0.0
         else:
             wd_mult = 1.0
-        out[name] = Multipliers(lr_mult, wd_mult, last_layer and rule.freeze_last_layer)
+        out[name] = Multipliers(
+            lr_mult,
+            wd_mult,
+            last_layer and rule.freeze_last_layer,
+            in_backbone and rule.backbone_schedule,
+        )
     return out
 
 
 def param_groups(student: nn.Module, rule: GroupRule | None = None) -> list[dict[str, Any]]:
     """Optimizer groups of `student`: parameters fused by multipliers, decayed groups first.
 
-    Each group: `params`, `lr_mult`, `wd_mult`, `last_layer`, `apply_wd` (= wd_mult > 0), and
-    `weight_decay` 0 where wd_mult is 0.
+    Each group: `params`, `lr_mult`, `wd_mult`, `last_layer`, `apply_wd` (= wd_mult > 0),
+    `weight_decay` 0 where wd_mult is 0, and `backbone` where `rule.backbone_schedule`.
     """
+    rule = rule or GroupRule()
     mults = param_multipliers(student, rule)
     by_key: dict[Multipliers, list[nn.Parameter]] = {}
     for name, p in student.named_parameters():
@@ -125,5 +147,7 @@ def param_groups(student: nn.Module, rule: GroupRule | None = None) -> list[dict
         }
         if k.wd_mult == 0:
             group["weight_decay"] = 0.0
+        if rule.backbone_schedule:
+            group["backbone"] = k.backbone
         groups.append(group)
     return groups

@@ -13,6 +13,7 @@ from equirecon.storage import guard_write
 from pretrain.distributed import all_reduce_mean
 from pretrain.meters import max_memory_gb
 from pretrain.methods.base import StepOutput
+from pretrain.param_groups import has_backbone_schedule
 
 
 def save_recon_grid(out: StepOutput, path: Path) -> bool:
@@ -54,11 +55,17 @@ class LoggingMixin:
         tr = self.cfg.train
         b = tr.batch_size * self.dist.world_size
         rule = {"linear": f"·{b}/256", "sqrt_1024": f"·sqrt({b}/1024)", "none": ""}
+        backbone = ""
+        if has_backbone_schedule(self.cfg):
+            backbone = (
+                f"; backbone frozen for {tr.freeze_backbone_steps} steps, then lr × "
+                f"{tr.backbone_lr_scale:g} with a {tr.backbone_warmup_steps}-step warm-up"
+            )
         return (
             f"peak lr {self.schedules.lr:.6g} = train.base_lr {tr.base_lr:g}"
             f"{rule.get(tr.lr_scaling, '')} (train.lr_scaling={tr.lr_scaling}, global batch {b}); "
             f"warm-up {tr.warmup_steps} steps, prototype layer frozen for "
-            f"{tr.freeze_last_layer_steps or 0} steps"
+            f"{tr.freeze_last_layer_steps or 0} steps{backbone}"
         )
 
     def _log_step(
@@ -82,6 +89,12 @@ class LoggingMixin:
             **({"train/loss_recon": reduced[2]} if out.loss_recon is not None else {}),
             **{f"train/loss_{k}": v for k, v in zip(out.terms, reduced[3:])},
             "train/lr": values["lr"],
+            # the backbone's own lr (before layer-wise decay) where it has its own schedule
+            **(
+                {"train/backbone_lr": values["backbone_lr"]}
+                if has_backbone_schedule(self.cfg)
+                else {}
+            ),
             "train/weight_decay": values["weight_decay"],
             "train/momentum": values["momentum"],
             "train/teacher_temp": values["teacher_temp"],

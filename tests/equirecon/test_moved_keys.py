@@ -46,11 +46,17 @@ ADDED_SINCE = {
     "recon.fill": "zero",  # training views show g's zero fill (the paper; issue #25)
     "model.init": "",  # continued pretraining from a backbone file (issue #26), random init
     "model.init_format": "auto",
+    # the backbone's own lr schedule for continued pretraining (issue #26), off
+    "train.freeze_backbone_steps": 0,
+    "train.backbone_lr_scale": 1.0,
+    "train.backbone_warmup_steps": 0,
 }
 # Configs shipped after the capture (nothing to compare them with).
 ADDED_CONFIGS = {
     "configs/study/gpu_vicreg_rot_baseline.yaml",  # the GPU study (issue #25)
     "configs/study/gpu_vicreg_rot_recon.yaml",
+    "configs/continue/dinov2_vits14_se2.yaml",  # continued pretraining presets (issue #26)
+    "configs/continue/dinov2_vitl14_se2.yaml",
 }
 # Values a shipped config has changed since the capture: the demo's probe reads the segmentation
 # scenes (upright items: content that tells the rotation, issue #25).

@@ -87,6 +87,9 @@ BAD_VALUES = {
     "train.layerwise_decay": "0",
     "train.patch_embed_lr_mult": "-1",
     "train.freeze_last_layer_steps": "-2",
+    "train.freeze_backbone_steps": "-1",
+    "train.backbone_lr_scale": "0",
+    "train.backbone_warmup_steps": "-1",
     "train.min_lr": "-1e-6",
     "train.warmup_steps": "-1",
     "train.weight_decay": "-0.1",
@@ -149,6 +152,11 @@ CROSS_FIELD = [
     (["model.patch_size=4", "eval.img_size=30"], "eval.img_size"),
     (["model.embed_dim=30", "model.num_heads=4"], "model.embed_dim"),
     (["method.name=vicreg", "train.batch_size=1"], "train.batch_size"),
+    (["train.max_steps=10", "train.freeze_backbone_steps=10"], "train.freeze_backbone_steps"),
+    (
+        ["train.max_steps=10", "train.freeze_backbone_steps=8", "train.backbone_warmup_steps=3"],
+        "train.backbone_warmup_steps",
+    ),
 ]
 
 

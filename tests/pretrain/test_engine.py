@@ -140,6 +140,11 @@ RECIPE = (
     "train.patch_embed_lr_mult=0.2",
     "train.freeze_last_layer_steps=4",
     "train.weight_decay_tokens=true",
+    # the backbone's own schedule (continued pretraining, issue #26): lr 0 for steps 0-2, then
+    # 0.5 × the lr over a 2-step warm-up; the FSDP2 run resumes after the unfreeze
+    "train.freeze_backbone_steps=3",
+    "train.backbone_lr_scale=0.5",
+    "train.backbone_warmup_steps=2",
     "model.layerscale=0.1",
     "model.drop_path_uniform=true",
     "method.norm_last_layer=false",
@@ -179,6 +184,7 @@ def test_recipe_options_take_effect(recipe_runs: Path) -> None:
 @pytest.mark.distributed
 @pytest.mark.parametrize("strategy", [*TWO_RANK_STRATEGIES, "fsdp2_resumed"])
 def test_recipe_options_two_ranks_match_one_process(recipe_runs: Path, strategy: str) -> None:
-    """Layer-wise decay, patch-embedding lr, last-layer freeze, LayerScale, the trained
-    prototype gain and token weight decay compute the same 10 steps under every strategy."""
+    """Layer-wise decay, patch-embedding lr, last-layer freeze, the backbone's freeze, lr scale
+    and warm-up, LayerScale, the trained prototype gain and token weight decay compute the same
+    10 steps under every strategy."""
     assert _max_diff(_losses(recipe_runs, strategy), _losses(recipe_runs, "single")) <= TOLERANCE
