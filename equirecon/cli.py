@@ -109,6 +109,7 @@ def _log_setup() -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from evals.results import starting_model
     from evals.run import evaluate_checkpoint, evaluate_export
 
     _log_setup()
@@ -134,6 +135,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             args.checkpoint, data=args.data, log_mlflow=not args.no_mlflow, **common
         )
         what = f"checkpoint {result['checkpoint']} (step {result['step']})"
+        if (start := starting_model(result)) is not None:
+            what += f", the starting model ({start})"
     floor = f", floor {args.floor}" if args.floor else ""
     print(f"{what}{floor}: {result['seconds']:.1f}s")
     print(format_table(result["metrics"]))

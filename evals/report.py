@@ -3,9 +3,11 @@
 Writes to OUT (default `reports/<timestamp>`):
 - `table.md` and `table.csv`: one row per run (its method and reconstruction flags from
   `config.yaml`, the step of its latest eval) with the latest value of every eval metric, plus
-  one row per floor (`evals/floor_<name>.json`) where a run has them;
+  one row per floor (`evals/floor_<name>.json`) where a run has them; a run continued from a
+  released backbone (`model.init`) gets a row `RUN [starting model: FILE]` before its own, step
+  0: the loaded backbone, evaluated as the run's first checkpoint;
 - `plots/<metric>.png`: the metric against the checkpoint step, one line per run (floors as
-  dashed horizontal lines);
+  dashed horizontal lines, a starting model as a star at step 0);
 and logs the folder as the artifacts of a new MLflow run named "report" in the runs' experiment.
 
 Probe settings (`equirecon.eval_tasks`). Every equivariance number is shown with the probe it
@@ -28,7 +30,13 @@ from typing import Any
 import yaml
 
 from equirecon.eval_tasks import UNKNOWN_PROBE, split_qualified_metric
-from evals.results import labelled_metrics, read_floor_results, read_step_results, result_probes
+from evals.results import (
+    labelled_metrics,
+    read_floor_results,
+    read_step_results,
+    result_probes,
+    starting_model,
+)
 
 FLAG_COLUMNS = ("method", "recon", "transform", "lambda")
 
@@ -52,12 +60,16 @@ def _run_flags(run_dir: Path) -> dict[str, Any]:
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """A run's flags, eval history {metric: [(step, value)]}, latest values and floors; the
     metrics of tasks with a probe under their probe-qualified names
-    (`evals.results.labelled_metrics`), "probes" the run config's {task: probe label}."""
+    (`evals.results.labelled_metrics`), "probes" the run config's {task: probe label}; "start"
+    the `model.init` file of an evaluated starting model (step 0, else None) and
+    "start_metrics" its metrics."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     points: dict[str, dict[int, float]] = {}
+    start = None  # the model.init file of the run's starting model (its step 0), if evaluated
     for result in read_step_results(run_dir):  # within a step, the configured eval's file last
+        start = starting_model(result) or start
         for name, value in labelled_metrics(result).items():
             points.setdefault(name, {})[int(result["step"])] = float(value)
     history = {name: sorted(by_step.items()) for name, by_step in points.items()}
@@ -73,6 +85,10 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         "latest": latest,
         "step": max(steps) if steps else None,
         "floors": read_floor_results(run_dir),
+        "start": start,
+        "start_metrics": (
+            {name: by_step[0] for name, by_step in points.items() if 0 in by_step} if start else {}
+        ),
     }
 
 
@@ -134,6 +150,10 @@ def build_table(runs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, A
     rows = []
     for run in runs:
         flags = {k: run["flags"][k] for k in FLAG_COLUMNS}
+        if run["start"] is not None:  # a model.init run: what it started from, at step 0
+            blank = dict.fromkeys(FLAG_COLUMNS, "-")  # not trained by this run's method
+            start_row = {"run": f"{run['name']} [starting model: {run['start']}]", **blank}
+            rows.append({**start_row, "step": 0, **_labelled(run["start_metrics"])})
         latest = _labelled(run["latest"])
         rows.append({"run": run["name"], **flags, "step": run["step"], **latest})
         for floor, values in run["floors"].items():
@@ -167,6 +187,16 @@ def plot_metrics(runs: list[dict[str, Any]], out: Path) -> list[Path]:
             if points:
                 steps, values = zip(*points)
                 ax.plot(steps, values, marker="o", color=colour, label=run["name"])
+            if metric in run["start_metrics"]:
+                ax.plot(
+                    [0],
+                    [run["start_metrics"][metric]],
+                    marker="*",
+                    markersize=14,
+                    linestyle="none",
+                    color=colour,
+                    label=f"{run['name']} [starting model]",
+                )
             for j, (floor, values) in enumerate(sorted(run["floors"].items())):
                 if metric in values:
                     ax.axhline(

@@ -2,11 +2,12 @@
 reading them back, and making and writing one evaluation's record.
 
 `RUN_DIR/evals/step_XXXXXXXX.json` holds one checkpoint's evaluation (`metrics` named as in
-DESIGN §5); `RUN_DIR/evals/floor_<name>.json` a floor's (raw pixels, random-init ViT). An eval
-with other probe settings than the run config's (`equirecon.eval_tasks`: "Probe settings"; the
-equivariance view and features) goes to `step_XXXXXXXX.<tag>.json` (`floor_<name>.<tag>.json`,
-tag e.g. `full-global`) instead, so probes never overwrite each other. Their paths are those of
-`equirecon.rundir` (the run-directory layout).
+DESIGN §5; `init`: the `model.init` file the run started from, whose step 0 is that starting
+model, `starting_model`); `RUN_DIR/evals/floor_<name>.json` a floor's (raw pixels, random-init
+ViT). An eval with other probe settings than the run config's (`equirecon.eval_tasks`: "Probe
+settings"; the equivariance view and features) goes to `step_XXXXXXXX.<tag>.json`
+(`floor_<name>.<tag>.json`, tag e.g. `full-global`) instead, so probes never overwrite each
+other. Their paths are those of `equirecon.rundir` (the run-directory layout).
 """
 
 from __future__ import annotations
@@ -108,6 +109,15 @@ def labelled_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     for name, value in metrics.items():
         out.setdefault(qualified_metric(name, probes), value)
     return out
+
+
+def starting_model(result: Mapping[str, Any]) -> str | None:
+    """The `model.init` file of a result that evaluated a run's starting model (the step-0
+    checkpoint of a `model.init` run, whose meta.json records the file: `init`), else None."""
+    init = result.get("init")
+    if int(result.get("step") or 0) != 0 or not isinstance(init, Mapping):
+        return None
+    return str(init.get("file") or init.get("path") or "?")
 
 
 def make_result(

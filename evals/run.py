@@ -12,7 +12,9 @@ subset the dataset root lacks (recorded under "skipped", with the reason); a tas
 ({task: error}); the others' results are still written (and logged to MLflow).
 
 A checkpoint's results go to `RUN_DIR/evals/step_XXXXXXXX.json` and into the run's MLflow run at
-the checkpoint's step; a floor's to `RUN_DIR/evals/floor_<name>.json` (files only).
+the checkpoint's step (a `model.init` run's step 0 is its starting model: the loaded backbone,
+saved by the trainer before the first update; its result names the file, `init`); a floor's to
+`RUN_DIR/evals/floor_<name>.json` (files only).
 
 Probe settings (`equirecon.eval_tasks`). The metrics of a task with a probe carry its label in
 their names as well (equivariance: `eval/equivariance/<view>/<features>/<transform>_r2`). An eval
@@ -44,6 +46,7 @@ from evals.dispatch import explicit_tasks, parse_tasks, plan_tasks, run_tasks
 from evals.providers import FLOORS, build_provider
 from evals.results import make_result, write_result
 from evals.tasks import EvalContext
+from pretrain.checkpoint import read_meta
 from pretrain.export import CONFIG, load_exported_backbone
 
 # Checkpoint loading lives in pretrain.restore (export needs it too); these names stay
@@ -141,8 +144,12 @@ def evaluate_checkpoint(
         device or _default_device(), progress,
     )  # fmt: skip
     outcome["skipped"] = skipped
+    source: dict[str, Any] = {"checkpoint": str(ckpt), "step": step, "source": "checkpoint"}
+    init = read_meta(ckpt).get("init")
+    if init:  # a model.init run: the file it started from (step 0 is that starting model)
+        source["init"] = init
     result = make_result(
-        {"checkpoint": str(ckpt), "step": step, "source": "checkpoint"},
+        source,
         provider.name,
         task_list,
         data,

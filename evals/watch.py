@@ -18,6 +18,10 @@ What it guarantees:
   checkpoint's entry (`skipped`: {task: why}); such an eval is `done`, not retried;
 - `--once` processes what is there, waits for the submitted jobs (and retries), then exits.
 
+A `model.init` run's first checkpoint is step 0, its starting model (the loaded backbone, saved
+before the first update): evaluated like every checkpoint, its entry names the file
+(`starting_model`).
+
 No torch at import time: the watcher and its job wrapper start fast.
 """
 
@@ -42,6 +46,7 @@ from typing import Any
 from equirecon.errors import UserError
 from equirecon.executors import require_submitit, slurm_executor
 from equirecon.rundir import CHECKPOINTS_DIR, EVALS_DIR, list_checkpoints, write_json_atomic
+from evals.results import starting_model
 
 log = logging.getLogger("equirecon.watch")
 
@@ -101,6 +106,8 @@ def run_eval_job(eval_fn: EvalFn, checkpoint: str) -> dict[str, Any]:
     }
     if result.get("skipped"):
         outcome["skipped"] = result["skipped"]
+    if (start := starting_model(result)) is not None:
+        outcome["starting_model"] = start
     if result.get("failed"):  # the other tasks' results are written; the eval is retried
         failed = "; ".join(f"{task}: {err}" for task, err in result["failed"].items())
         outcome.update(ok=False, error=f"eval task(s) failed: {failed}")
@@ -346,8 +353,9 @@ class CheckpointWatcher:
 
     def _record(self, name: str, entry: dict[str, Any], outcome: dict[str, Any]) -> None:
         entry["finished_at"] = time.time()
-        if "skipped" in outcome:
-            entry["skipped"] = outcome["skipped"]
+        for key in ("skipped", "starting_model"):
+            if key in outcome:
+                entry[key] = outcome[key]
         if outcome.get("ok"):
             entry.update(state="done", metrics=outcome.get("metrics", {}), error=None)
             self.newly["done"].append(name)
@@ -464,6 +472,8 @@ def format_state(state: dict[str, Any]) -> str:
             detail = ", ".join(f"{k}={v:.4g}" for k, v in sorted(entry.get("metrics", {}).items()))
         if entry.get("skipped"):
             detail += f" (skipped for want of data: {', '.join(entry['skipped'])})"
+        if entry.get("starting_model"):
+            detail += f" [starting model: {entry['starting_model']}]"
         lines.append(f"{name:<16} {entry['state']:<8} {entry.get('attempts', 0):>5}  {detail}")
     return "\n".join(lines)
 

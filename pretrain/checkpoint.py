@@ -158,7 +158,9 @@ class Checkpointer:
     """Save/load DCP state dicts under `RUN_DIR/checkpoints` (all ranks call every method).
 
     Retention: the newest `keep` checkpoints, plus every one whose step is a multiple of
-    `keep_every` (0: none), e.g. keep=3, keep_every=10000 keeps a long-term trail.
+    `keep_every` (0: none), e.g. keep=3, keep_every=10000 keeps a long-term trail, plus the
+    starting model of a `model.init` run (step 0, `init` in its meta.json: what the run is
+    compared with).
     """
 
     def __init__(self, run_dir: str | Path, keep: int = 3, keep_every: int = 0) -> None:
@@ -242,6 +244,8 @@ class Checkpointer:
         ckpts = list_checkpoints(self.root)
         for step, path in ckpts[: max(len(ckpts) - self.keep, 0)]:
             if self.keep_every and step % self.keep_every == 0:
+                continue
+            if step == 0 and "init" in read_meta(path):  # a model.init run's starting model
                 continue
             shutil.rmtree(path, ignore_errors=True)
 

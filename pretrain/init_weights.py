@@ -555,6 +555,16 @@ class InitSource:
             f"into the {into} backbone{'s' * (len(self.loaded_into) > 1)}{kept}"
         )
 
+    def record(self, given: str | Path) -> dict[str, str]:
+        """Where a run started (`model.init` as `given`, the file hashed, its format and
+        SHA-256): kept in the meta.json of the run's checkpoints and in their eval results."""
+        return {
+            "file": str(given),
+            "path": str(self.path),
+            "format": self.format,
+            "sha256": self.sha256,
+        }
+
     def params(self) -> dict[str, str]:
         return {
             "resolved.init_file": str(self.path),

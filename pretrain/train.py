@@ -24,7 +24,7 @@ from tqdm import tqdm
 from equirecon.config import Config, flat_dict, save_config
 from equirecon.storage import guard_write
 from equirecon.tracking import MetricsFile, Tracker, describe_tracking
-from pretrain.checkpoint import Checkpointer, select_checkpoint_all_ranks
+from pretrain.checkpoint import Checkpointer, read_meta, select_checkpoint_all_ranks
 from pretrain.distributed import DistInfo, all_reduce_min, barrier, init_distributed
 from pretrain.init_weights import InitSource, init_method_backbones
 from pretrain.meters import device_peak_flops, ssl_step_flops
@@ -82,10 +82,13 @@ class Trainer(CheckpointMixin, LoggingMixin, NonFiniteMixin):
         barrier()
 
         method = build_method(cfg)
-        # Continued pretraining (model.init) in a fresh run; a resumed run restores its own.
+        # Continued pretraining (model.init) in a fresh run; a resumed run restores its own and
+        # carries on the record of where the run started (`init_record`, in every checkpoint).
         self.init_source: InitSource | None = None
+        self.init_record = read_meta(self.resume_from).get("init") if self.resume_from else None
         if cfg.model.init and self.resume_from is None:
             self.init_source = init_method_backbones(method, cfg.model.init, cfg.model.init_format)
+            self.init_record = self.init_source.record(cfg.model.init)
             if self.dist.is_main:
                 log.info("model.init: %s", self.init_source.describe())
         self.method: SSLMethod = method.to(self.device)
@@ -190,6 +193,11 @@ class Trainer(CheckpointMixin, LoggingMixin, NonFiniteMixin):
             self._report_resume()
             if resumed:
                 self.metrics_file.truncate_after(self.step)
+        if self.init_source is not None and not resumed:
+            # The starting model as checkpoint step 0 (the loaded backbone, before any update):
+            # `eval watch`, `equirecon eval` and `report` evaluate and show it like any step. A
+            # resume starts from a checkpoint and never writes it again.
+            self.save_checkpoint()
         total = cfg.train.max_steps
         bar = tqdm(
             total=total,

@@ -25,6 +25,9 @@ from pretrain.strategies import find_strategy, get_strategy, strategy_names
 
 log = logging.getLogger("equirecon.pretrain")
 
+# meta.json: the checkpoint was saved before the optimizer's first step (its state: DCP's init)
+NO_OPTIMIZER_STATE = "no_optimizer_state"
+
 
 def _resharding_strategies() -> str:
     """The strategies that run as themselves with several ranks and whose checkpoints reshard to
@@ -38,8 +41,9 @@ def _resharding_strategies() -> str:
 
 class CheckpointMixin:
     """Checkpoints of a `pretrain.train.Trainer`: it provides `cfg`, `dist`, `run_dir`,
-    `engine`, `loader`, `checkpointer`, `tracker`, `step` and the resume bookkeeping that its
-    `__init__` sets (`resume_from`, `damaged_checkpoints`, `resume_changes`, `_resume_used`)."""
+    `engine`, `optimizer`, `loader`, `checkpointer`, `tracker`, `step`, `init_record` and the
+    resume bookkeeping that its `__init__` sets (`resume_from`, `damaged_checkpoints`,
+    `resume_changes`, `_resume_used`)."""
 
     def _check_resume_config(self) -> dict[str, tuple[Any, Any]]:
         """Refuse a config that changes what the checkpoint holds; return the allowed changes."""
@@ -107,15 +111,27 @@ class CheckpointMixin:
         }
         if self.tracker is not None and self.tracker.run_id:
             meta["mlflow_run_id"] = self.tracker.run_id
+        if self.init_record is not None:  # model.init: where the run started
+            meta["init"] = self.init_record
+        # Before the first update (the starting model of a model.init run) the optimizer has no
+        # state; DCP's optimizer state dict would create it by a zero-lr step (AdamW step count
+        # 1), which the run must not keep: the first update would be bias-corrected as the
+        # second. Saved as DCP made it, dropped again here and after a resume (`maybe_resume`).
+        optimizer_state = getattr(self.optimizer, "state", None)
+        if optimizer_state is not None and not optimizer_state:
+            meta[NO_OPTIMIZER_STATE] = True
         import yaml
 
-        return self.checkpointer.save(
+        path = self.checkpointer.save(
             self.step,
             self._state(),
             yaml.safe_dump(to_dict(self.cfg), sort_keys=False),
             meta,
             extra_writer=self.engine.save_extra,
         )
+        if meta.get(NO_OPTIMIZER_STATE):
+            optimizer_state.clear()
+        return path
 
     def _check_strategy_can_resume(self, path: Path, meta: dict[str, Any], saved_ws: int) -> None:
         """Refuse a checkpoint that this run's strategy cannot read back (CheckpointError)."""
@@ -158,6 +174,8 @@ class CheckpointMixin:
         else:
             torch.set_rng_state(own["torch_rng"])
         self.loader.load_state_dict(json.loads(own["data"]))
+        if meta.get(NO_OPTIMIZER_STATE):  # saved before the first update (`save_checkpoint`)
+            self.optimizer.state.clear()
         if self.dist.is_main:
             how = (
                 f" (resharded from {saved_ws} to {self.dist.world_size} ranks)" if resharded else ""

@@ -197,23 +197,25 @@ def probe_plan(checkpoint: str, overrides: list[str]) -> tuple[str, str, list[st
     return view, next(v for v in VIEWS if v != view), moving, sizes
 
 
-def evaluate(run: Path, overrides: list[str]) -> int:
+def evaluate(
+    run: Path, overrides: list[str], checkpoint: str | None = None, floors: bool = True
+) -> int:
     """The floors in the configured view, and the model and its floors in the other view (see
-    the module docstring); the largest exit code of those evals."""
+    the module docstring); the largest exit code of those evals. `checkpoint`: another one of
+    the run's than `latest`; `floors`: False leaves the floors out (the model's second view
+    only)."""
     from equirecon.cli import main as cli
 
-    checkpoint = str(run / "checkpoints" / "latest")
+    checkpoint = checkpoint or str(run / "checkpoints" / "latest")
     view, other, moving, sizes = probe_plan(checkpoint, overrides)
     base = ["eval", "--checkpoint", checkpoint, "--tasks", "equivariance", *overrides]
     second = [f"eval.equivariance.view={other}", f"eval.equivariance.transforms={','.join(moving)}"]
     second += sizes
-    jobs = [(f"floor {f}, {view} view", [*base, "--floor", f]) for f in ("pixels", "random")]
+    names = ("pixels", "random") if floors else ()
+    jobs = [(f"floor {f}, {view} view", [*base, "--floor", f]) for f in names]
     if moving:
         jobs.append((f"model, {other} view", [*base, *second]))
-        jobs += [
-            (f"floor {f}, {other} view", [*base, "--floor", f, *second])
-            for f in ("pixels", "random")
-        ]
+        jobs += [(f"floor {f}, {other} view", [*base, "--floor", f, *second]) for f in names]
     codes, seconds = [], {}
     for what, argv in jobs:
         print(f"\n== equivariance probe: {what}", flush=True)
@@ -225,9 +227,10 @@ def evaluate(run: Path, overrides: list[str]) -> int:
     total = {
         v: sum(t for w, t in seconds.items() if w.endswith(f"{v} view")) for v in (view, other)
     }
+    first = f"{total[view]:.0f} s for the floors in the {view} view, " if floors else ""
     print(
-        f"\nequivariance probe: {total[view]:.0f} s for the floors in the {view} view, "
-        f"{total[other]:.0f} s for the model and its floors in the {other} view "
+        f"\nequivariance probe: {first}{total[other]:.0f} s for the model"
+        f"{' and its floors' * floors} in the {other} view "
         f"({', '.join(moving) or 'no transform moves pixels out of the image'})"
     )
     return max(codes, default=0)
