@@ -22,8 +22,9 @@ AUGMENTATION_MODES = ("all", "rot")
 CENTERINGS = ("sinkhorn_knopp", "centering")  # method.centering (DINOv2 teacher targets)
 
 # model.init_format: the file formats of pretrain/init_weights.py (FORMATS; tests keep the two
-# in step), or auto (the first format that claims the path).
-INIT_FORMATS = ("auto", "equirecon", "ibot", "dinov2", "timm")
+# in step), or auto (the first format that claims the path). dinov3 is recognized and refused
+# (RoPE: our backbone has absolute position embeddings).
+INIT_FORMATS = ("auto", "equirecon", "dinov3", "ibot", "dinov2", "timm")
 
 # How the peak lr follows the global batch B (`train.lr_scaling`, pretrain/schedules.py).
 LR_SCALING_RULES = ("linear", "sqrt_1024", "none")

@@ -13,7 +13,14 @@ Formats (`model.init_format`; a registry, `FORMATS`; `auto` takes the first that
   (`blocks.C.I.`) flattened, iBOT's `masked_embed` read as the mask token;
 - `dinov2`: the DINOv2 hub `.pth` (`dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth`);
 - `timm`: a timm `model.safetensors` / `pytorch_model.bin` (or the hub folder holding it); a
-  classifier head is dropped.
+  classifier head is dropped;
+- `dinov3`: recognized and refused. DINOv3 (the hub `.pth`: `rope_embed.periods`,
+  `storage_tokens`; timm's `vit_*_dinov3`, an Eva with no `pos_embed`) encodes positions with
+  rotary embeddings (RoPE) in every attention layer; our backbone is timm's VisionTransformer
+  with absolute position embeddings (`Backbone.forward` adds `pos_embed` once, and its blocks
+  take no RoPE), so no `model.arch` can hold those weights faithfully. Whatever format reads the
+  file (`auto` asks `dinov3` before `ibot`, `dinov2` and `timm`, which would otherwise claim it),
+  a DINOv3 backbone is one line saying so (ConfigError) instead of a key mismatch.
 
 Every file is mapped to timm's VisionTransformer keys by timm's own `checkpoint_filter_fn`
 (DINOv2's keys, registers and SwiGLU `w12/w3`, LayerScale `gamma_N`, the position embedding
@@ -246,6 +253,71 @@ def _read_equirecon(src: Source) -> FileWeights:
         heads_from=f"the config of {ckpt}",
         entry="teacher" if _has_teacher(cfg.method.name) else "student",
         prefix_positions=True,
+    )
+
+
+# DINOv3 (RoPE): recognized so that it is refused with its reason, whatever format reads it
+ROPE_PREFIXES = ("rope_embed.",)  # DINOv3's RopePositionEmbedding (its `periods` buffer)
+DINOV3_REGISTERS = "storage_tokens"  # DINOv3's name for its registers
+
+
+def _rope_evidence(state: Tensors) -> str | None:
+    """What marks `state` (a backbone's tensors, any prefixes) as DINOv3 / a RoPE ViT, else
+    None: DINOv3's `rope_embed.*` or `storage_tokens`, or (timm's `vit_*_dinov3`, an Eva) a ViT
+    with blocks and no position embedding at all."""
+    keys = set(_strip(state, (*WRAPPER_PREFIXES, "backbone.")))
+    rope = sorted(k for k in keys if k.startswith(ROPE_PREFIXES))
+    if rope:
+        return f"{rope[0]} in the file"
+    if DINOV3_REGISTERS in keys:
+        return f"{DINOV3_REGISTERS} (its registers) in the file"
+    blocks = any(k.startswith("blocks.") for k in keys)
+    if "patch_embed.proj.weight" in keys and blocks and "pos_embed" not in keys:
+        return "blocks and no pos_embed in the file, as timm's vit_*_dinov3"
+    return None
+
+
+def _backbone_states(obj: Any) -> list[Tensors]:
+    """The tensor dicts a file may hold its backbone in: a training checkpoint's entry, a timm
+    checkpoint's `state_dict`/`model`, or the file itself."""
+    states = []
+    found = _training_entry(obj)
+    if found is not None:
+        states.append(found[1])
+    unwrapped = _unwrap_timm(obj)
+    if _tensor_dict(unwrapped):
+        states.append(unwrapped)
+    return states
+
+
+def refuse_rope(state: Tensors, path: Path) -> None:
+    """Raise the one-line refusal if `state` is a DINOv3 (RoPE) backbone."""
+    evidence = _rope_evidence(state)
+    if evidence is None:
+        return
+    raise ConfigError(
+        f"model.init={path}: a DINOv3 backbone ({evidence}): DINOv3 (as timm's other RoPE "
+        "ViTs) encodes positions with rotary position embeddings (RoPE), which equirecon's "
+        "backbone (timm's VisionTransformer with absolute position embeddings, every "
+        "model.arch) does not build, so its weights cannot be loaded faithfully; start from a "
+        "DINOv2 (with or without registers), iBOT/DINO, timm ViT or equirecon backbone instead",
+        hint="e.g. model.init=dinov2_vits14_reg4_pretrain.pth (configs/README.md, "
+        '"Continued pretraining")',
+    )
+
+
+def _claims_dinov3(src: Source) -> bool:
+    return any(_rope_evidence(state) for state in _backbone_states(src.contents()))
+
+
+@register_format("dinov3", _claims_dinov3)
+def _read_dinov3(src: Source) -> FileWeights:
+    for state in _backbone_states(src.contents()):
+        refuse_rope(state, src.path)
+    raise ConfigError(
+        f"model.init={src.path}: not a DINOv3 checkpoint (no {ROPE_PREFIXES[0]}*, "
+        f"{DINOV3_REGISTERS} or RoPE blocks; top-level keys: {_keys_of(src.contents())}); "
+        "check model.init_format"
     )
 
 
@@ -602,6 +674,7 @@ def load_backbone_init(backbone: Backbone, path: str | Path, fmt: str = "auto") 
     spec = _detect(src) if fmt == "auto" else FORMATS[fmt]
     weights = spec.read(src)
     state = weights.state
+    refuse_rope(state, path)  # DINOv3 read as ibot/dinov2/timm: its reason, not a key mismatch
     check_architecture(weights, backbone, path)
     converted = to_timm(state, backbone.vit, weights.prefix_positions)
     check_keys(converted, state, backbone.vit, path)
@@ -648,6 +721,7 @@ __all__ = [
     "format_names",
     "init_method_backbones",
     "load_backbone_init",
+    "refuse_rope",
     "register_format",
     "sha256_of",
     "to_timm",

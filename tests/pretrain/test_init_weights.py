@@ -214,6 +214,97 @@ def test_timm_safetensors_folder(kind: str, tmp_path: Path) -> None:
     assert_same_features(ours, ref, img=ours.vit.patch_embed.img_size[0])
 
 
+# ---- DINOv3: recognized and refused (RoPE) ---------------------------------------------------
+
+DINOV3_REFUSAL = (
+    "DINOv3 (as timm's other RoPE ViTs) encodes positions with rotary position embeddings (RoPE), "
+    "which equirecon's backbone (timm's VisionTransformer with absolute position embeddings, "
+    "every model.arch) does not build, so its weights cannot be loaded faithfully; start from a "
+    "DINOv2 (with or without registers), iBOT/DINO, timm ViT or equirecon backbone instead"
+)
+
+
+def dinov3_hub_state(depth: int = 2, registers: int = 4) -> dict[str, torch.Tensor]:
+    """A tiny state dict in the DINOv3 hub layout (`dinov3_vit*16_pretrain_*.pth`, the keys of
+    facebookresearch/dinov3's DinoVisionTransformer): RoPE periods, storage tokens (registers),
+    `qkv.bias_mask`, LayerScale `ls{1,2}.gamma`, a (1, D) mask token, no `pos_embed`."""
+    gen, d = torch.Generator().manual_seed(0), WIDTH
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen)
+
+    state = {
+        "cls_token": rand(1, 1, d),
+        "storage_tokens": rand(1, registers, d),
+        "mask_token": torch.zeros(1, d),
+        "patch_embed.proj.weight": rand(d, 3, 16, 16),
+        "patch_embed.proj.bias": rand(d),
+        "rope_embed.periods": rand(d // 4),  # head dim // 4 (one 64-dim head)
+    }
+    for i in range(depth):
+        b = f"blocks.{i}."
+        state |= {
+            b + "norm1.weight": rand(d), b + "norm1.bias": rand(d),
+            b + "attn.qkv.weight": rand(3 * d, d), b + "attn.qkv.bias": rand(3 * d),
+            b + "attn.qkv.bias_mask": torch.ones(3 * d),
+            b + "attn.proj.weight": rand(d, d), b + "attn.proj.bias": rand(d),
+            b + "ls1.gamma": rand(d),
+            b + "norm2.weight": rand(d), b + "norm2.bias": rand(d),
+            b + "mlp.fc1.weight": rand(4 * d, d), b + "mlp.fc1.bias": rand(4 * d),
+            b + "mlp.fc2.weight": rand(d, 4 * d), b + "mlp.fc2.bias": rand(d),
+            b + "ls2.gamma": rand(d),
+        }  # fmt: skip
+    state |= {"norm.weight": rand(d), "norm.bias": rand(d)}
+    return state
+
+
+def _assert_refused(ours: Backbone, path: Path, fmt: str, evidence: str) -> None:
+    before = state_of(ours)
+    with pytest.raises(ConfigError) as info:
+        load_backbone_init(ours, path, fmt)
+    message = str(info.value)
+    assert "\n" not in message and info.value.exit_code == 2, message
+    assert message == f"model.init={path}: a DINOv3 backbone ({evidence}): {DINOV3_REFUSAL}"
+    assert all(torch.equal(v, before[k]) for k, v in state_of(ours).items())
+
+
+@pytest.mark.parametrize("fmt", ["dinov3", "auto", "dinov2"])
+def test_dinov3_hub_file_is_refused_with_its_reason(fmt: str, tmp_path: Path) -> None:
+    """The DINOv3 hub layout (RoPE) is one line naming RoPE, not a key mismatch: as
+    `dinov3`, found by `auto`, and read as DINOv2 (which its mask token would otherwise claim)."""
+    torch.save(dinov3_hub_state(), tmp_path / "dinov3.pth")
+    ours = our_backbone(registers=4, patch_size=16, img=48)
+    _assert_refused(ours, tmp_path / "dinov3.pth", fmt, "rope_embed.periods in the file")
+    # a training checkpoint's teacher (`backbone.` prefixes): found by auto, refused as ibot too
+    teacher = {f"backbone.{k}": v for k, v in dinov3_hub_state().items()}
+    torch.save({"teacher": teacher}, tmp_path / "teacher.pth")
+    evidence = "rope_embed.periods in the file"
+    _assert_refused(ours, tmp_path / "teacher.pth", "ibot" if fmt == "dinov2" else fmt, evidence)
+
+
+@pytest.mark.parametrize("fmt", ["dinov3", "auto", "timm"])
+def test_timm_dinov3_safetensors_is_refused(fmt: str, tmp_path: Path) -> None:
+    """timm's own DINOv3 (an Eva: RoPE, `reg_token`, `gamma_1`, no `pos_embed`), a tiny one
+    instantiated here: its hub folder's model.safetensors is refused the same way."""
+    ref = timm.create_model(
+        "vit_small_patch16_dinov3", pretrained=False, img_size=48, embed_dim=WIDTH, depth=2,
+        num_heads=1, num_classes=0,
+    )  # fmt: skip
+    assert "pos_embed" not in ref.state_dict()
+    (tmp_path / "hub").mkdir()
+    save_file(ref.state_dict(), str(tmp_path / "hub" / "model.safetensors"))
+    evidence = "blocks and no pos_embed in the file, as timm's vit_*_dinov3"
+    _assert_refused(
+        our_backbone(registers=4, patch_size=16, img=48), tmp_path / "hub", fmt, evidence
+    )
+
+
+def test_dinov3_format_refuses_another_file(tmp_path: Path) -> None:
+    torch.save(hub_layout(timm_dinov2()), tmp_path / "w.pth")
+    with pytest.raises(ConfigError, match=r"not a DINOv3 checkpoint .*check model.init_format"):
+        load_backbone_init(our_backbone(), tmp_path / "w.pth", "dinov3")
+
+
 # ---- our own exports and checkpoints, and the trainer ----------------------------------------
 
 RUN = [*TINY_OVERRIDES, "data.backend=synthetic", "tracking.enabled=false"]
