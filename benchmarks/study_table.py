@@ -310,7 +310,7 @@ def render(data: dict) -> str:
         steps = sorted({s for c in curves.values() for s in c})
         lines += [
             "",
-            "## R² against steps (mean over seeds)",
+            "## R² against steps (mean over seeds; n = seeds where a step has fewer than others)",
             "",
             "| arm | probe | " + " | ".join(str(s) for s in steps) + " |",
             "|---|---|" + "---:|" * len(steps),
@@ -318,7 +318,13 @@ def render(data: dict) -> str:
         for (arm, m), by_step in sorted(
             curves.items(), key=lambda kv: (_arm_order(kv[0][0]), kv[0][1])
         ):
-            cells = [_fmt(statistics.fmean(by_step[s]) if by_step.get(s) else None) for s in steps]
+            counts = {len(v) for v in by_step.values() if v}
+            cells = [
+                _fmt(statistics.fmean(by_step[s]) if by_step.get(s) else None)
+                # seeds differ between steps (curve probes of some seeds only): say how many
+                + (f" (n={len(by_step[s])})" if by_step.get(s) and len(counts) > 1 else "")
+                for s in steps
+            ]
             lines.append(f"| {arm} | {_label(m)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

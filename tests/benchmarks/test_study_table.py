@@ -82,8 +82,8 @@ def test_the_table_reports_mean_std_and_the_paired_z(runs: Path) -> None:
     curve = next(
         line for line in text.splitlines() if line.startswith("| lambda4 | full: rotation R² |")
     )
-    assert curve.split("|")[3].strip() == "0.050"  # step 300
-    assert curve.split("|")[-2].strip() == f"{(0.20 + 0.25 + 0.15) / 3:.3f}"  # step 1200
+    assert curve.split("|")[3].strip() == "0.050 (n=1)"  # step 300: seed 0 only
+    assert curve.split("|")[-2].strip() == f"{(0.20 + 0.25 + 0.15) / 3:.3f} (n=3)"  # step 1200
     assert "not_a_run" not in text
 
 
