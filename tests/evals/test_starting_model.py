@@ -18,6 +18,7 @@ from equirecon.rundir import list_checkpoints
 from pretrain.models.backbone import backbone_kwargs, build_backbone
 from pretrain.train import Trainer
 from tests.conftest import REPO, TINY_OVERRIDES
+from tests.pretrain.released import save_hub_file
 from tests.test_end_to_end import make_cfg
 
 KNN = "eval/knn/top1"
@@ -34,14 +35,8 @@ def _config(*extra: str):  # noqa: ANN202
 @pytest.fixture(scope="module")
 def init_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A released backbone of the tiny model (DINOv2 hub layout: timm keys + mask token)."""
-    cfg = _config()
-    backbone = build_backbone(**backbone_kwargs(cfg.model, cfg.data.global_size))
-    gen = torch.Generator().manual_seed(3)
-    state = {k: torch.randn(v.shape, generator=gen) * 0.1 for k, v in backbone.state_dict().items()}
-    state["mask_token"] = state.pop("mask_token").reshape(1, -1)
     path = tmp_path_factory.mktemp("released") / "dinov2_tiny_pretrain.pth"
-    torch.save({k.removeprefix("vit."): v for k, v in state.items()}, path)
-    return path
+    return save_hub_file(_config(), path, seed=3)
 
 
 def _meta(ckpt: Path) -> dict:

@@ -23,6 +23,7 @@ from pretrain.models.backbone import Backbone, backbone_kwargs, build_backbone
 from pretrain.param_groups import BACKBONE_PREFIX, GroupRule, param_groups
 from pretrain.schedules import build_schedules, cosine
 from tests.conftest import REPO, TINY_OVERRIDES
+from tests.pretrain.released import save_hub_file
 
 RUN = [*TINY_OVERRIDES, "data.backend=synthetic", "tracking.enabled=false"]
 FREEZE, WARMUP, SCALE = 3, 2, 0.5
@@ -45,14 +46,8 @@ def _cfg(*extra: str):  # noqa: ANN202
 @pytest.fixture(scope="module")
 def init_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A released backbone of the tiny model (DINOv2 hub layout: timm keys + mask token)."""
-    cfg = _cfg()
-    backbone = build_backbone(**backbone_kwargs(cfg.model, cfg.data.global_size))
-    gen = torch.Generator().manual_seed(7)
-    state = {k: torch.randn(v.shape, generator=gen) * 0.1 for k, v in backbone.state_dict().items()}
-    state["mask_token"] = state.pop("mask_token").reshape(1, -1)
     path = tmp_path_factory.mktemp("released") / "dinov2_tiny_pretrain.pth"
-    torch.save({k.removeprefix("vit."): v for k, v in state.items()}, path)
-    return path
+    return save_hub_file(_cfg(), path, seed=7)
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
